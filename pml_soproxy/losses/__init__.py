@@ -1,0 +1,1 @@
+from .soft_orthogonal_proxy_anchor_loss import SoftOrthogonalProxyAnchorLoss

@@ -1,0 +1,1 @@
+from .soft_orthogonality_regularizer import SoftOrthogonalityRegularizer
