@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Dict, List, Optional
 
 from . import __version__
@@ -204,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # PML logs at INFO/WARNING for things that are expected here (no embedder
+    # optimizer when the trunk feature is the embedding; its progress bar formats a
+    # tensor that requires grad).
+    logging.getLogger("PML").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -1,0 +1,67 @@
+"""Stanford Online Products from the official release files."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from .base import (
+    ImageListDataset,
+    check_files_exist,
+    check_header,
+    check_split,
+    find_dataset_dir,
+    parse_int,
+    read_lines,
+    read_rows,
+    require_file,
+)
+
+HEADER = ("image_id", "class_id", "super_class_id", "path")
+EXPECTED = (
+    "the official Stanford_Online_Products release: Ebay_train.txt, Ebay_test.txt "
+    "(header 'image_id class_id super_class_id path'), <category>_final/ image folders "
+    "(root may be the Stanford_Online_Products folder or its parent)"
+)
+
+
+class StanfordOnlineProducts(ImageListDataset):
+    """Stanford Online Products (Ebay), standard zero-shot split.
+
+    Split ``"train"`` = ``Ebay_train.txt`` (11,318 classes), ``"test"`` =
+    ``Ebay_test.txt`` (11,316 classes), ``"all"`` = both. Labels are 0-based in
+    class-id order within the split; ``super_labels`` holds the 0-based
+    super-class (category) of each image.
+    """
+
+    splits = ("train", "test", "all")
+
+    def __init__(
+        self, root, split: str = "train", transform: Optional[Callable] = None
+    ):
+        name = type(self).__name__
+        check_split(name, split, self.splits)
+        base = find_dataset_dir(name, root, "Ebay_train.txt", EXPECTED)
+        files = ["Ebay_train.txt", "Ebay_test.txt"]
+        if split != "all":
+            files = [f"Ebay_{split}.txt"]
+
+        paths, raw, supers = [], [], []
+        for fname in files:
+            list_file = require_file(name, base / fname, EXPECTED)
+            header = read_lines(list_file, 1)
+            check_header(name, list_file, 1, header[0] if header else "", HEADER)
+            rows = read_rows(name, list_file, HEADER, skip=1)
+            file_paths, lines = [], []
+            for lineno, (_, cls, sup, rel) in rows:
+                raw.append(parse_int(name, list_file, lineno, "class_id", cls))
+                supers.append(parse_int(name, list_file, lineno, "super_class_id", sup))
+                file_paths.append(str(base / rel))
+                lines.append(lineno)
+            check_files_exist(name, file_paths, list_file, lines)
+            paths.extend(file_paths)
+        super().__init__(paths, raw, split, transform, root=base)
+        uniq = sorted(set(supers))
+        index = {s: i for i, s in enumerate(uniq)}
+        self.super_labels = np.asarray([index[s] for s in supers], dtype=np.int64)
