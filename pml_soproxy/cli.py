@@ -8,6 +8,8 @@ import sys
 import warnings
 from typing import Dict, List, Optional
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from . import __version__
 
 DATASETS = ("cub200", "cars196", "sop", "inshop", "folder", "digits")
@@ -16,6 +18,13 @@ DATASETS = ("cub200", "cars196", "sop", "inshop", "folder", "digits")
 def add_train_arguments(parser: argparse.ArgumentParser, dataset_default: str):
     add = parser.add_argument
     add("--dataset", choices=DATASETS, default=dataset_default)
+    add(
+        "--config",
+        action="append",
+        default=[],
+        help="extra YAML config file or preset name (tiny-cpu), layered over the "
+        "dataset defaults; repeatable; flags still win",
+    )
     add("--data-root", help="dataset folder (or its parent); not needed for digits")
     add(
         "--output-dir",
@@ -76,7 +85,7 @@ def print_results(results: Dict):
 def cmd_train(args) -> int:
     from .training import load_config, train
 
-    config = load_config(args.dataset, overrides_from(args))
+    config = load_config(args.dataset, overrides_from(args), args.config)
     try:
         results = train(config, resume=args.resume)
     except KeyboardInterrupt:
@@ -86,6 +95,8 @@ def cmd_train(args) -> int:
             file=sys.stderr,
         )
         return 130
+    if results is None:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
     print_results(results)
     print(f"results: {os.path.join(config.output_dir, 'results.json')}")
     return 0
@@ -134,7 +145,7 @@ def cmd_demo(args) -> int:
             so_weight=so_weight,
             output_dir=os.path.join(args.output_dir, name.replace("+", "_")),
         )
-        config = load_config(args.dataset, overrides)
+        config = load_config(args.dataset, overrides, args.config)
         print(
             f"== {name}: {config.dataset}, so_weight={so_weight}, {config.epochs} epochs, "
             f"{config.model_name} ({config.checkpoint_path or 'random init'}), seed {config.seed}"
@@ -159,6 +170,14 @@ def cmd_demo(args) -> int:
             f,
             indent=1,
         )
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    """powerful-benchmarker with our parts; every argument is passed through."""
+    from .benchmarker import main as benchmark_main
+
+    benchmark_main(args.benchmark_args, prog="pml-soproxy benchmark")
     return 0
 
 
@@ -201,9 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(output_dir="runs/demo", so_weight=1.0)
     demo.add_argument("--resume", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    benchmark = sub.add_parser(
+        "benchmark",
+        help="powerful-benchmarker (MLRC protocol) with our loss; see the README",
+        add_help=False,
+        prefix_chars="+",  # every argument, --help included, goes to the launcher
+    )
+    benchmark.add_argument("benchmark_args", nargs=argparse.REMAINDER)
+    benchmark.set_defaults(func=cmd_benchmark)
     return parser
 
 
+@record  # under torchrun: a failing rank's traceback reaches torchrun's summary
 def main(argv: Optional[List[str]] = None) -> int:
     # PML logs at INFO/WARNING for things that are expected here (no embedder
     # optimizer when the trunk feature is the embedding; its progress bar formats a
@@ -216,7 +245,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"pml-soproxy: error: {err}", file=sys.stderr)
         return 2
 

@@ -14,7 +14,8 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import timm.data
@@ -25,6 +26,7 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import logging_presets
 
+from . import distributed
 from .datasets import create_dataset
 from .datasets.splits import ClassSubset, train_val_split
 from .device import AutocastTrunk, autocast_dtype, grad_scaler, resolve_device
@@ -83,15 +85,37 @@ class TrainConfig:
             raise ValueError("val_fraction must be in [0, 1)")
 
 
+def read_yaml(path) -> Dict[str, Any]:
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of config keys to values")
+    return values
+
+
 def load_config(
-    dataset: str, overrides: Optional[Dict[str, Any]] = None
+    dataset: str,
+    overrides: Optional[Dict[str, Any]] = None,
+    extra_configs: Sequence[str] = (),
 ) -> TrainConfig:
-    """Defaults, then ``configs/<dataset>.yaml``, then ``overrides`` (None = unset)."""
+    """Layered config: ``configs/default.yaml``, ``configs/<dataset>.yaml``, then each
+    of ``extra_configs`` (a YAML file, or the name of a packaged preset such as
+    ``tiny-cpu``), then ``overrides`` (None values are ignored)."""
+    configs = resources.files("pml_soproxy") / "configs"
     values: Dict[str, Any] = {}
     for name in ("default", dataset):
-        path = resources.files("pml_soproxy") / "configs" / f"{name}.yaml"
-        if path.is_file():
-            values.update(yaml.safe_load(path.read_text()) or {})
+        if (configs / f"{name}.yaml").is_file():
+            values.update(read_yaml(configs / f"{name}.yaml"))
+    for extra in extra_configs:
+        preset = configs / "presets" / f"{extra}.yaml"
+        if preset.is_file():
+            values.update(read_yaml(preset))
+        elif Path(extra).is_file():
+            values.update(read_yaml(Path(extra)))
+        else:
+            presets = sorted(p.name[:-5] for p in (configs / "presets").iterdir())
+            raise FileNotFoundError(
+                f"config {extra!r} is neither a YAML file nor a preset ({presets})"
+            )
     values["dataset"] = dataset
     values.setdefault("output_dir", os.path.join("runs", dataset))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -204,9 +228,21 @@ class Run:
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        os.makedirs(config.output_dir, exist_ok=True)
+        if distributed.launched_by_torchrun():
+            self.device = distributed.init_from_environment(config.device)
+        else:
+            self.device = resolve_device(config.device)
+        self.world_size = distributed.world_size()
+        self.is_main = distributed.is_main_process()
+        if config.batch_size % (self.world_size * config.samples_per_class):
+            raise ValueError(
+                f"batch_size ({config.batch_size}, the global batch) must split into "
+                f"{self.world_size} per-process batches that are multiples of "
+                f"samples_per_class ({config.samples_per_class})"
+            )
+        if self.is_main:
+            os.makedirs(config.output_dir, exist_ok=True)
         seed_everything(config.seed)
-        self.device = resolve_device(config.device)
         self.amp_dtype = autocast_dtype(self.device, config.precision)
         self.recall_at = tuple(
             config.recall_at or RECALL_AT_K.get(config.dataset, (1, 2, 4, 8))
@@ -219,6 +255,9 @@ class Run:
         self.best_epoch = None
         self.best_value = -math.inf
         self.start_epoch = 1
+        self.rng_states = [rng_state()]
+        self.sampler_state = None
+        self.sampler = None
 
     # ----------------------------------------------------------------- building
     def build_model(self):
@@ -245,7 +284,9 @@ class Run:
         self.embedding_size = embedding_size
         self.trunk.to(self.device)
         self.embedder.to(self.device)
-        self.trunk_for_pml = AutocastTrunk(self.trunk, self.device.type, self.amp_dtype)
+        self.trunk_for_eval = AutocastTrunk(
+            self.trunk, self.device.type, self.amp_dtype
+        )
 
     def build_data(self):
         config = self.config
@@ -309,9 +350,6 @@ class Run:
         }
         self.scaler = grad_scaler(self.device, self.amp_dtype)
 
-    def models(self):
-        return {"trunk": self.trunk_for_pml, "embedder": self.embedder}
-
     def make_tester(self, end_of_testing_hook=None):
         return testers.GlobalEmbeddingSpaceTester(
             batch_size=self.config.eval_batch_size,
@@ -334,7 +372,12 @@ class Run:
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "lr_schedulers": {k: v.state_dict() for k, v in self.lr_schedulers.items()},
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": rng_state(),
+            "rng": self.rng_states,  # one per process
+            "sampler": (
+                self.sampler.state_dict()
+                if hasattr(self.sampler, "state_dict")
+                else None
+            ),
             "history": self.history,
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
@@ -373,7 +416,13 @@ class Run:
             v.load_state_dict(state["lr_schedulers"][k])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        if len(state["rng"]) != self.world_size:
+            raise ValueError(
+                f"{path} was written by {len(state['rng'])} processes; resume with the "
+                f"same number (this run has {self.world_size})"
+            )
+        set_rng_state(state["rng"][distributed.rank()])
+        self.sampler_state = state["sampler"]
         self.history = state["history"]
         self.best_epoch, self.best_value = state["best_epoch"], state["best_value"]
         self.proxy_cosines_init = state["proxy_cosines_init"]
@@ -382,6 +431,15 @@ class Run:
 
     # --------------------------------------------------------------- training
     def end_of_epoch(self, trainer) -> bool:
+        """Rank 0 evaluates, logs and checkpoints; the other ranks wait."""
+        keep_going = self.main_process_end_of_epoch(trainer) if self.is_main else None
+        # after evaluation, which draws from the RNG too: resuming must replay it
+        self.rng_states = distributed.all_gather_objects(rng_state())
+        if self.is_main:
+            self.save_checkpoint(trainer.epoch)
+        return distributed.all_gather_objects(keep_going)[0]
+
+    def main_process_end_of_epoch(self, trainer) -> bool:
         epoch = trainer.epoch
         record = {
             "epoch": epoch,
@@ -390,7 +448,7 @@ class Run:
         self._epoch_losses = []
         if self.val_set is not None:
             accuracies = self.tester.test(
-                {"val": self.val_set}, epoch, self.trunk_for_pml, self.embedder
+                {"val": self.val_set}, epoch, self.trunk_for_eval, self.embedder
             )["val"]
             record.update({k.replace("_level0", ""): v for k, v in accuracies.items()})
             value = record[self.config.selection_metric]
@@ -407,24 +465,45 @@ class Run:
         self.history.append(record)
         self.hooks.record_keeper.update_records({"epoch_summary": record}, epoch)
         self.hooks.record_keeper.save_records()
-        self.save_checkpoint(epoch)
         if self.config.patience is not None and self.best_epoch is not None:
             return epoch - self.best_epoch <= self.config.patience
         return True
 
+    def make_sampler(self):
+        config = self.config
+        if self.world_size == 1:
+            return MPerClassSampler(
+                self.train_set.labels,
+                m=config.samples_per_class,
+                batch_size=config.batch_size,
+                length_before_new_iter=self.iterations_per_epoch * config.batch_size,
+            )
+        sampler = distributed.DistributedMPerClassSampler(
+            self.train_set.labels,
+            m=config.samples_per_class,
+            global_batch_size=config.batch_size,
+            iterations_per_epoch=self.iterations_per_epoch,
+            seed=config.seed,
+        )
+        if self.sampler_state is not None:
+            sampler.load_state_dict(self.sampler_state)
+        return sampler
+
     def train(self):
         config = self.config
-        self.hooks = logging_presets.HookContainer(
-            make_record_keeper(os.path.join(config.output_dir, "logs")),
-            primary_metric=config.selection_metric,
-            save_models=False,
-        )
-        self.tester = self.make_tester()
+        if self.is_main:
+            self.hooks = logging_presets.HookContainer(
+                make_record_keeper(os.path.join(config.output_dir, "logs")),
+                primary_metric=config.selection_metric,
+                save_models=False,
+            )
+            self.tester = self.make_tester()
         self._epoch_losses = []
 
         def end_of_iteration(trainer):
-            self._epoch_losses.append(trainer.losses["total_loss"].item())
-            self.hooks.end_of_iteration_hook(trainer)
+            if self.is_main:
+                self._epoch_losses.append(trainer.losses["total_loss"].item())
+                self.hooks.end_of_iteration_hook(trainer)
 
         grad_clippers = None
         if config.grad_clip:
@@ -435,18 +514,17 @@ class Run:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
 
             grad_clippers = {"trunk_grad_clipper": clip}
+        self.sampler = self.make_sampler()
         self.trainer = SOProxyTrainer(
-            models=self.models(),
+            models={
+                "trunk": distributed.wrap_model(self.trunk_for_eval, self.device),
+                "embedder": distributed.wrap_model(self.embedder, self.device),
+            },
             optimizers=self.optimizers,
-            batch_size=config.batch_size,
-            loss_funcs={"metric_loss": self.loss},
+            batch_size=config.batch_size // self.world_size,
+            loss_funcs={"metric_loss": distributed.wrap_loss(self.loss, self.device)},
             dataset=self.train_set,
-            sampler=MPerClassSampler(
-                self.train_set.labels,
-                m=config.samples_per_class,
-                batch_size=config.batch_size,
-                length_before_new_iter=self.iterations_per_epoch * config.batch_size,
-            ),
+            sampler=self.sampler,
             iterations_per_epoch=self.iterations_per_epoch,
             data_device=self.device,
             lr_schedulers=self.lr_schedulers,
@@ -474,7 +552,7 @@ class Run:
     def test(self) -> Dict[str, float]:
         return evaluate_on_test(
             self.config,
-            self.trunk_for_pml,
+            self.trunk_for_eval,
             self.embedder,
             self.eval_transform,
             self.device,
@@ -507,8 +585,12 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
     """Train, select on validation, evaluate once on test; write results.json."""
     run = Run(config)
     if resume and run.resume():
-        LOGGER.info("resuming from epoch %d", run.start_epoch)
+        if run.is_main:
+            LOGGER.warning("resuming after epoch %d", run.start_epoch - 1)
     run.train()
+    distributed.barrier()
+    if not run.is_main:
+        return None
     selected = run.load_selected_weights()
     test = run.test()
     results = {
