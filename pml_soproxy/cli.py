@@ -232,8 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@record  # under torchrun: a failing rank's traceback reaches torchrun's summary
 def main(argv: Optional[List[str]] = None) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # under torchrun: a failing rank's traceback reaches torchrun's error summary
+        return record(run)(argv)
+    return run(argv)
+
+
+def run(argv: Optional[List[str]] = None) -> int:
     # PML logs at INFO/WARNING for things that are expected here (no embedder
     # optimizer when the trunk feature is the embedding; its progress bar formats a
     # tensor that requires grad).

@@ -100,9 +100,54 @@ def test_gradient_with_non_uniform_row_weights():
     assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_custom_backward_passes_gradcheck():
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("chunk_size", [5, 1024])
+def test_custom_backward_passes_gradcheck(normalize, chunk_size):
     weights = random_weights(12, 5, torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(_RowwiseSoftOrthogonality.apply, (weights,))
+
+    def rows(w):
+        return _RowwiseSoftOrthogonality.apply(w, normalize, chunk_size)
+
+    def weighted(w):  # non-uniform row weights take the general backward branch
+        return rows(w) * torch.arange(1.0, 13.0, dtype=torch.float64)
+
+    assert torch.autograd.gradcheck(rows, (weights,))
+    assert torch.autograd.gradcheck(weighted, (weights,))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 40, 4096])
+def test_row_chunking_does_not_change_values_or_gradients(chunk_size):
+    weights = random_weights(40, 8, torch.float64).requires_grad_()
+    loss = SoftOrthogonalityRegularizer(chunk_size=chunk_size)(weights)
+    (grad,) = torch.autograd.grad(loss, weights)
+    naive_weights = weights.detach().clone().requires_grad_()
+    naive = so_rows_naive(naive_weights, normalize=True).mean()
+    (expected,) = torch.autograd.grad(naive, naive_weights)
+    assert torch.allclose(loss, naive, rtol=1e-12)
+    assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_zero_row_gives_finite_values_like_pml_normalisation():
+    weights = random_weights(40, 8, torch.float64)
+    weights[3] = 0
+    weights.requires_grad_()
+    loss = SoftOrthogonalityRegularizer()(weights)
+    (grad,) = torch.autograd.grad(loss, weights)
+    naive_weights = weights.detach().clone().requires_grad_()
+    naive = so_rows_naive(naive_weights, normalize=True).mean()
+    (expected,) = torch.autograd.grad(naive, naive_weights)
+    assert torch.isfinite(grad).all()
+    assert torch.allclose(loss, naive, rtol=1e-12)
+    assert torch.allclose(grad, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_non_euclidean_normalisation_is_respected():
+    distance = DotProductSimilarity(normalize_embeddings=True, p=3)
+    weights = random_weights(40, 8, torch.float64)
+    loss = SoftOrthogonalityRegularizer(distance=distance)(weights)
+    unit = weights / weights.abs().pow(3).sum(1, keepdim=True).pow(1 / 3)
+    expected = so_rows_loop(unit, normalize=False).mean()
+    assert torch.allclose(loss, expected, rtol=1e-10)
 
 
 def test_float16_gradient_comes_back_in_float16():
