@@ -450,7 +450,13 @@ class Run:
             accuracies = self.tester.test(
                 {"val": self.val_set}, epoch, self.trunk_for_eval, self.embedder
             )["val"]
-            record.update({k.replace("_level0", ""): v for k, v in accuracies.items()})
+            record.update(
+                {
+                    k.replace("_level0", ""): v
+                    for k, v in accuracies.items()
+                    if k != "epoch"
+                }
+            )
             value = record[self.config.selection_metric]
             if value > self.best_value:
                 self.best_epoch, self.best_value = epoch, value
@@ -578,7 +584,7 @@ def evaluate_on_test(
     accuracies = tester.test(
         splits, 0, trunk, embedder, splits_to_eval=[(query_split, reference_splits)]
     )[query_split]
-    return {k.replace("_level0", ""): v for k, v in accuracies.items()}
+    return {k.replace("_level0", ""): v for k, v in accuracies.items() if k != "epoch"}
 
 
 def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
