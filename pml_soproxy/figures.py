@@ -33,7 +33,7 @@ def recall_per_epoch(runs: Dict[str, dict], path: str) -> str:
             )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation Recall@K (%)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
