@@ -20,60 +20,75 @@ def at_least_float32(x):
 
 class _RowwiseSoftOrthogonality(torch.autograd.Function):
     # r_i = sum_j (<u_i, u_j> - delta_ij)^2 through the D x D Gram G = U^T U:
-    # r_i = u_i^T G u_i - 2 ||u_i||^2 + 1, never forming the C x C matrix.
-    # u_i = w_i / max(||w_i||, eps) when normalize, else u_i = w_i.
-    # Backward, keeping M = U G from the forward: dL/du_m = 2 g_m M_m + 2 (U H)_m
-    # - 4 g_m u_m with H = U^T diag(g) U; for a uniform g (mean or sum reduction)
-    # U H = g M, so no extra matrix product. Then through the normalisation:
-    # dL/dw = (dL/du - u <u, dL/du>) / ||w||.
-    # Written by hand because autograd would keep U and spend 4 extra products;
-    # rows are processed in chunks so only M and the gradient are C x D in memory.
+    # r_i = <u_i, (U G)_i - u_i> - ||u_i||^2 + 1, never forming the C x C matrix.
+    # u_i = w_i / n_i with n_i = max(||w_i||, eps) when normalize, else n_i = 1.
+    # The forward keeps E = U G - U. Backward: dL/du_m = 2 g_m E_m + 2 (U H)_m
+    # - 2 g_m u_m with H = U^T diag(g) U; for a uniform g (mean or sum reduction)
+    # U H = g (U G), so dL/du = 4 g E with no matrix product. Through the
+    # normalisation, dL/dw = (dL/du - u <u, dL/du>) / n, and for a uniform g
+    # <u, dL/du> = 4 g (r + ||u||^2 - 1) is known from the forward: two fused
+    # passes over C x D. Written by hand because autograd would keep U and spend
+    # four more products; rows are processed in chunks so that only E and the
+    # gradient are C x D in memory.
     @staticmethod
     def forward(ctx, weights, normalize, chunk_size):
-        norms = torch.ones(len(weights), 1, dtype=weights.dtype, device=weights.device)
+        sq_norms = _rowwise_dot(weights, weights).unsqueeze(1)
+        norms = torch.ones_like(sq_norms)
         if normalize:
-            norms = torch.norm(weights, dim=1, keepdim=True).clamp_min(1e-12)
+            norms = sq_norms.sqrt().clamp_min(1e-12)
         chunks = list(zip(weights.split(chunk_size), norms.split(chunk_size)))
+        excess = torch.empty_like(weights)  # U first, then E = U G - U
         gram = weights.new_zeros(weights.shape[1], weights.shape[1])
-        for w, n in chunks:
-            u = w / n
+        for (w, n), u in zip(chunks, excess.split(chunk_size)):
+            torch.div(w, n, out=u)
             gram.addmm_(u.t(), u)
-        projected = torch.empty_like(weights)
-        losses = torch.empty(len(weights), dtype=weights.dtype, device=weights.device)
-        for (w, n), m, r in zip(
-            chunks, projected.split(chunk_size), losses.split(chunk_size)
-        ):
-            u = w / n
-            torch.matmul(u, gram, out=m)
-            r.copy_(_rowwise_dot(u, m) - 2 * _rowwise_dot(u, u) + 1)
-        ctx.save_for_backward(weights, norms, projected)
+        unit_sq_norms = (sq_norms / norms**2).view(-1)
+        losses = 1 - unit_sq_norms
+        for u, r in zip(excess.split(chunk_size), losses.split(chunk_size)):
+            projected = torch.matmul(u, gram)
+            r.add_(_rowwise_dot(u, projected))
+            torch.sub(projected, u, out=u)
+        losses.sub_(unit_sq_norms)
+        ctx.save_for_backward(weights, norms, excess, losses, unit_sq_norms)
         ctx.normalize, ctx.chunk_size = normalize, chunk_size
         return losses
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        weights, norms, projected = ctx.saved_tensors
+        weights, norms, excess, losses, unit_sq_norms = ctx.saved_tensors
         size = ctx.chunk_size
-        g_all = grad_output.unsqueeze(1)
-        uniform = bool(torch.all(grad_output == grad_output[0]))
-        chunks = list(zip(weights.split(size), norms.split(size), g_all.split(size)))
-        if not uniform:
-            weighted_gram = weights.new_zeros(weights.shape[1], weights.shape[1])
-            for w, n, g in chunks:
-                u = w / n
-                weighted_gram.addmm_(u.t(), g * u)
+        g = grad_output.unsqueeze(1)
         grad = torch.empty_like(weights)
-        for (w, n, g), m, out in zip(chunks, projected.split(size), grad.split(size)):
+        if bool(torch.all(grad_output == grad_output[0])):
+            radial = 4 * g * (losses + unit_sq_norms - 1).unsqueeze(1)
+            scale = 4 * g / norms
+            coef = radial / norms**2
+            coef.masked_fill_(norms <= 1e-12, 0)  # F.normalize's eps: u = w / eps
+            pieces = zip(
+                weights.split(size), excess.split(size), scale.split(size),
+                coef.split(size), grad.split(size),
+            )  # fmt: skip
+            for w, e, sc, co, out in pieces:
+                torch.mul(e, sc, out=out)
+                if ctx.normalize:
+                    out.addcmul_(w, co, value=-1)
+            return grad, None, None
+        weighted_gram = weights.new_zeros(weights.shape[1], weights.shape[1])
+        for w, n, gc in zip(weights.split(size), norms.split(size), g.split(size)):
             u = w / n
-            if uniform:  # 4 g (m - u)
-                torch.sub(m, u, out=out).mul_(4 * g)
-            else:  # 2 g m + 2 u H - 4 g u
-                torch.matmul(u, weighted_gram, out=out)
-                out.add_(g * m).sub_(2 * g * u).mul_(2)
-            if ctx.normalize:  # (grad_u - u <u, grad_u>) / ||w||, except where clamped
+            weighted_gram.addmm_(u.t(), gc * u)
+        pieces = zip(
+            weights.split(size), norms.split(size), g.split(size),
+            excess.split(size), grad.split(size),
+        )  # fmt: skip
+        for w, n, gc, e, out in pieces:
+            u = w / n
+            torch.matmul(u, weighted_gram, out=out)  # U H
+            out.add_(gc * (e - u)).mul_(2)
+            if ctx.normalize:
                 radial = _rowwise_dot(u, out).unsqueeze(1)
-                radial.masked_fill_(n <= 1e-12, 0)  # F.normalize's eps: u = w / eps
+                radial.masked_fill_(n <= 1e-12, 0)
                 out.sub_(u.mul_(radial)).div_(n)
         return grad, None, None
 
