@@ -136,3 +136,30 @@ def test_demo_with_a_reduced_budget(tmp_path, capsys):
         assert (out / figure).stat().st_size > 1000
     demo = json.loads((out / "demo.json").read_text())
     assert set(demo) == {"proxy_anchor", "proxy_anchor+SO"}
+
+
+def test_inshop_is_tested_query_against_gallery(tmp_path, capsys):
+    from tests.datasets.trees import make_inshop
+
+    root = make_inshop(tmp_path)
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(
+        "model_name: deit_tiny_patch16_224\n"
+        "trunk_kwargs: {img_size: 32, patch_size: 8, depth: 1, embed_dim: 32, num_heads: 2}\n"
+    )
+    out = tmp_path / "inshop"
+    args = ["train", "--dataset", "inshop", "--data-root", str(root), "--config", str(tiny),
+            "--output-dir", str(out), "--epochs", "1", "--batch-size", "4",
+            "--samples-per-class", "2", "--val-fraction", "0", "--num-workers", "0",
+            "--device", "cpu"]  # fmt: skip
+    assert cli.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    # 2 queries, each with its item in the 4-image gallery: R@40 covers the gallery
+    assert results["test"]["recall_at_40"] == 1.0
+    assert set(results["test"]) >= {
+        "recall_at_1",
+        "recall_at_10",
+        "recall_at_20",
+        "recall_at_30",
+    }
+    assert results["selected"] == "last epoch"
