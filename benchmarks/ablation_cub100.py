@@ -387,13 +387,13 @@ def train_one(
         }
     test_final = evaluate(embed(model, data.test_inputs), data.test_labels)
     model.load_state_dict(best["state"])
-    test_best = evaluate(embed(model, data.test_inputs), data.test_labels)
+    test_at_selected_epoch = evaluate(embed(model, data.test_inputs), data.test_labels)
     return {
         "seed": seed,
         "so_weight": so_weight,
         "seconds": seconds,
         "best_epoch": best["epoch"],
-        "test_selected": test_best,
+        "test_selected": test_at_selected_epoch,
         "test_final": test_final,
         "val_selected": history[best["epoch"] - 1]["val"],
         "val_final": history[-1]["val"],
