@@ -482,8 +482,9 @@ def run(args):
                 )
                 runs.append(result)
                 print(
-                    f"{regime} seed {seed} so_weight {so_weight:g}: best epoch "
-                    f"{result['best_epoch']} test R@1 selected "
+                    f"{regime} seed {seed} so_weight {so_weight:g}: validation-chosen "
+                    f"epoch {result['best_epoch']}"
+                    f", test R@1 there "
                     f"{result['test_selected']['recall_at_1']:.4f} final "
                     f"{result['test_final']['recall_at_1']:.4f} ({result['seconds']:.0f} s)",
                     flush=True,

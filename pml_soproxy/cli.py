@@ -189,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
-        "train", help="train on a dataset, select on validation, test once"
+        "train",
+        help="train on a dataset, keep the epoch chosen on validation classes, "
+        "then evaluate the test split once",
     )
     add_train_arguments(train, dataset_default="cub200")
     train.add_argument(
@@ -205,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--checkpoint",
         required=True,
-        help="weights_best.pth or checkpoint_latest.pth of a run",
+        help="a run's checkpoint: weights_best.pth (validation-chosen) or "
+        "checkpoint_latest.pth",
     )
     evaluate.add_argument(
         "--data-root", help="override the dataset location stored in the checkpoint"

@@ -588,7 +588,8 @@ def evaluate_on_test(
 
 
 def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
-    """Train, select on validation, evaluate once on test; write results.json."""
+    """Train, keep the epoch chosen on validation classes, evaluate the test split
+    once with those weights; write results.json."""
     run = Run(config)
     if resume and run.resume():
         if run.is_main:
@@ -620,10 +621,12 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
 def evaluate_checkpoint(
     path: str, data_root: Optional[str] = None, device: str = "auto"
 ) -> Dict[str, Any]:
-    """Re-run the test evaluation of a saved model (weights_best.pth or checkpoint_latest.pth)."""
+    """Re-run the test evaluation of a saved model (a run's weights_best.pth, or
+    its checkpoint_latest.pth)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"no checkpoint at {path}; pass the weights_best.pth or checkpoint_latest.pth of a run"
+            f"no checkpoint at {path}; pass a run's weights_best.pth or its "
+            "checkpoint_latest.pth"
         )
     saved = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(saved, dict) or "config" not in saved or "trunk" not in saved:

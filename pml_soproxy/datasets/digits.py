@@ -6,12 +6,11 @@ from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
-from .base import check_split
+from .base import ImageListDataset, check_split
 
 
-class Digits(Dataset):
+class Digits(ImageListDataset):
     """``sklearn.datasets.load_digits`` as a zero-shot retrieval dataset.
 
     Split ``"train"`` = digits 0-4, ``"test"`` = digits 5-9, ``"all"`` = all ten;
@@ -42,30 +41,8 @@ class Digits(Dataset):
         self.images = (
             np.round(data.images[keep] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
         )
-        digits = targets[keep]
-        self.class_names = [str(d) for d in np.unique(digits)]
-        self.labels = (digits - digits.min()).astype(np.int64)
-        self.paths = [f"digits#{i}" for i in keep]
-        self.split = split
-        self.transform = transform
-        self.root = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.labels)
+        super().__init__([f"digits#{i}" for i in keep], targets[keep], split, transform)
 
     def load_image(self, index: int) -> Image.Image:
         """The untransformed 8x8 RGB image at ``index``."""
         return Image.fromarray(self.images[index]).convert("RGB")
-
-    def __getitem__(self, index: int):
-        image = self.load_image(index)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
-
-    def __repr__(self) -> str:
-        return f"Digits(split={self.split!r}, images={len(self)}, classes={self.num_classes})"

@@ -1,4 +1,5 @@
-"""Class-disjoint validation carve-outs, so model selection never touches the test split."""
+"""Class-disjoint validation carve-outs: models are chosen on validation classes
+carved from the training split, never on the test split."""
 
 from __future__ import annotations
 
