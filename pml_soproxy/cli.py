@@ -1,175 +1,123 @@
-"""``pml-soproxy``: train, evaluate, demo."""
+"""``pml-soproxy``: parses the command line and dispatches; nothing else.
+
+Every expected failure (a bad config value, file, image or checkpoint) is printed as
+one line ``pml-soproxy: error: ...`` with exit status 2; Ctrl-C / SIGTERM during
+training print how to resume and exit with 130.
+"""
 
 import argparse
-import json
 import logging
 import os
 import sys
 import warnings
-from typing import Dict, List, Optional
-
-from torch.distributed.elastic.multiprocessing.errors import record
+from typing import List, Optional
 
 from . import __version__
 
-DATASETS = ("cub200", "cars196", "sop", "inshop", "folder", "digits")
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
-def add_train_arguments(parser: argparse.ArgumentParser, dataset_default: str):
-    add = parser.add_argument
-    add("--dataset", choices=DATASETS, default=dataset_default)
-    add(
+def add_run_arguments(parser: argparse.ArgumentParser, dataset_default: str):
+    from .training.config import DATASET_NAMES, add_config_arguments, preset_names
+
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default=dataset_default)
+    parser.add_argument(
         "--config",
         action="append",
         default=[],
-        help="extra YAML config file or preset name (tiny-cpu), layered over the "
-        "dataset defaults; repeatable; flags still win",
+        metavar="YAML_OR_PRESET",
+        help="extra YAML config file or preset name "
+        f"({', '.join(preset_names())}), layered over the dataset's defaults; "
+        "repeatable; flags still win",
     )
-    add("--data-root", help="dataset folder (or its parent); not needed for digits")
-    add(
-        "--output-dir",
-        help="where checkpoints, logs, results.json go (default runs/<dataset>)",
-    )
-    add(
-        "--model-name",
-        help="timm model name (default deit_small_distilled_patch16_224)",
-    )
-    add(
-        "--checkpoint-path",
-        help="pretrained trunk weights, a local .pth/.safetensors file",
-    )
-    add("--embedding-size", type=int, help="linear embedder size; 0 = trunk feature")
-    add(
-        "--so-weight",
-        type=float,
-        help="weight of the soft-orthogonality term (0 = plain Proxy Anchor)",
-    )
-    add("--epochs", type=int)
-    add("--batch-size", type=int)
-    add("--samples-per-class", type=int)
-    add("--iterations-per-epoch", type=int)
-    add("--lr", type=float)
-    add("--proxy-lr-multiplier", type=float)
-    add("--warmup-epochs", type=int)
-    add(
-        "--val-fraction",
-        type=float,
-        help="share of training classes held out for model selection",
-    )
-    add("--num-workers", type=int)
-    add("--device", help="auto, cpu, cuda, cuda:1 ...")
-    add("--precision", choices=("auto", "fp32", "bf16", "fp16"))
-    add("--seed", type=int)
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --output-dir from its last checkpoint",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the run already in --output-dir",
+    )  # fmt: skip
+    parser.add_argument(
+        "--print-config", action="store_true",
+        help="print the resolved config, with where each value came from, and exit",
+    )  # fmt: skip
 
 
-def overrides_from(args: argparse.Namespace) -> Dict:
-    keys = [
-        "data_root", "output_dir", "model_name", "checkpoint_path", "embedding_size",
-        "so_weight", "epochs", "batch_size", "samples_per_class", "iterations_per_epoch",
-        "lr", "proxy_lr_multiplier", "warmup_epochs", "val_fraction", "num_workers",
-        "device", "precision", "seed",
-    ]  # fmt: skip
-    return {k: getattr(args, k) for k in keys}
+def resolved_config(args, **replace):
+    from .training.config import flag_source, overrides_from, resolve_config
+
+    overrides = dict(overrides_from(args), **replace)
+    resolved = resolve_config(args.dataset, overrides, args.config, flag_source)
+    for message in resolved.warnings:
+        print(f"pml-soproxy: warning: {message}", file=sys.stderr)
+    return resolved
 
 
-def print_results(results: Dict):
-    from .evaluation import format_accuracies
+def print_config(resolved) -> int:
+    """The resolved config as YAML that --config reads back, sources as comments."""
+    import json
 
-    print(
-        f"\n{results['dataset']} test split, weights of {results['selected']}, "
-        f"trunk {results['model_name']} ({results['pretrained_weights'] or 'random init'})"
-    )
-    print(format_accuracies(results["test"]))
+    for key, value in resolved.config.to_dict().items():
+        if key != "dataset":
+            print(f"{key}: {json.dumps(value)}  # {resolved.sources[key]}")
+    return 0
 
 
 def cmd_train(args) -> int:
-    from .training import load_config, train
+    from .report import results_header
+    from .training import train
+    from .evaluation import format_accuracies
 
-    config = load_config(args.dataset, overrides_from(args), args.config)
-    try:
-        results = train(config, resume=args.resume)
-    except KeyboardInterrupt:
-        print(
-            f"\nInterrupted. Every completed epoch is checkpointed in {config.output_dir}; "
-            "continue with the same command plus --resume.",
-            file=sys.stderr,
-        )
-        return 130
+    resolved = resolved_config(args)
+    if args.print_config:
+        return print_config(resolved)
+    results = train(resolved.config, resume=args.resume, overwrite=args.overwrite)
     if results is None:  # a non-zero rank under torchrun: rank 0 reports
         return 0
-    print_results(results)
-    print(f"results: {os.path.join(config.output_dir, 'results.json')}")
+    print(f"\n{results_header(results)}")
+    print(format_accuracies(results["test"]))
+    print(f"results: {os.path.join(resolved.config.output_dir, 'results.json')}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .training import evaluate_checkpoint
-
-    results = evaluate_checkpoint(
-        args.checkpoint, data_root=args.data_root, device=args.device
+    from .evaluation import format_accuracies
+    from .report import results_header
+    from .training.evaluate import (
+        default_evaluation_path,
+        evaluate_run,
+        write_evaluation,
     )
-    print_results(results)
+
+    results = evaluate_run(args.checkpoint, data_root=args.data_root, device=args.device)
+    print(results_header(results))
+    print(format_accuracies(results["test"]))  # before any file is written
+    output = args.output or default_evaluation_path(args.checkpoint)
+    try:
+        write_evaluation(results, output)
+    except OSError as err:
+        raise OSError(
+            f"the metrics above could not be written to {output} ({err.strerror}); "
+            "pass --output FILE to write them elsewhere"
+        ) from None
+    print(f"evaluation: {output}")
     return 0
 
 
-def side_by_side(tables: Dict[str, Dict[str, float]]) -> str:
-    names = list(tables)
-    metrics = [
-        m for m in next(iter(tables.values())) if isinstance(tables[names[0]][m], float)
-    ]
-    metrics.sort(
-        key=lambda m: (
-            not m.startswith("recall_at_"),
-            int(m.rsplit("_", 1)[1]) if m.startswith("recall_at_") else 0,
-            m,
-        )
-    )
-    width = max(len(m) for m in metrics)
-    lines = [f"{'metric':<{width}}  " + "  ".join(f"{n:>14}" for n in names)]
-    for m in metrics:
-        lines.append(
-            f"{m:<{width}}  "
-            + "  ".join(f"{100 * tables[n][m]:>13.2f}%" for n in names)
-        )
-    return "\n".join(lines)
-
-
 def cmd_demo(args) -> int:
-    from .figures import write_run_figures
-    from .training import load_config, train
+    from .training.config import flag_source, overrides_from
+    from .training.demo import run_demo
 
-    runs = {}
-    for name, so_weight in (("proxy_anchor", 0.0), ("proxy_anchor+SO", args.so_weight)):
-        overrides = overrides_from(args)
-        overrides.update(
-            so_weight=so_weight,
-            output_dir=os.path.join(args.output_dir, name.replace("+", "_")),
-        )
-        config = load_config(args.dataset, overrides, args.config)
-        print(
-            f"== {name}: {config.dataset}, so_weight={so_weight}, {config.epochs} epochs, "
-            f"{config.model_name} ({config.checkpoint_path or 'random init'}), seed {config.seed}"
-        )
-        runs[name] = train(config, resume=args.resume)
-    print("\nTest split, weights selected on the validation classes:")
-    print(side_by_side({n: r["test"] for n, r in runs.items()}))
-    for name, results in runs.items():
-        init, final = results["proxy_cosines_init"], results["proxy_cosines_final"]
-        print(
-            f"{name}: proxy mean|cos| {init['mean_abs_cos']:.3f} -> {final['mean_abs_cos']:.3f}, "
-            f"max|cos| {init['max_abs_cos']:.3f} -> {final['max_abs_cos']:.3f}, selected {results['selected']}"
-        )
-    for path in write_run_figures(runs, args.output_dir):
-        print(f"figure: {path}")
-    with open(os.path.join(args.output_dir, "demo.json"), "w") as f:
-        json.dump(
-            {
-                n: {"test": r["test"], "selected": r["selected"]}
-                for n, r in runs.items()
-            },
-            f,
-            indent=1,
-        )
+    if args.print_config:
+        return print_config(resolved_config(args))
+    overrides = overrides_from(args)
+    overrides.pop("output_dir", None)
+    run_demo(args.dataset, overrides, args.config, args.output_dir or "runs/demo",
+             args.so_weight if args.so_weight is not None else 1.0,
+             resume=args.resume, overwrite=args.overwrite,
+             flag_source=flag_source)  # fmt: skip
     return 0
 
 
@@ -181,8 +129,27 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, suggesting the closest flag for a mistyped one."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+
+            known = [s for a in self._actions for s in a.option_strings]
+            for sub in self._subparsers._group_actions if self._subparsers else ():
+                for p in getattr(sub, "choices", {}).values():
+                    known += [s for a in p._actions for s in a.option_strings]
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1)
+                if word.startswith("--") and close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pml-soproxy", description="Soft Orthogonal Proxies for metric learning"
     )
     parser.add_argument("--version", action="version", version=__version__)
@@ -193,35 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on a dataset, keep the epoch chosen on validation classes, "
         "then evaluate the test split once",
     )
-    add_train_arguments(train, dataset_default="cub200")
-    train.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the last checkpoint in --output-dir",
-    )
+    add_run_arguments(train, dataset_default="cub200")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser(
-        "evaluate", help="re-run the test evaluation of a saved model"
+        "evaluate", help="re-run the test evaluation of a saved run"
     )
     evaluate.add_argument(
         "--checkpoint",
         required=True,
-        help="a run's checkpoint: weights_best.pth (validation-chosen) or "
-        "checkpoint_latest.pth",
+        metavar="RUN",
+        help="a run folder (its validation-selected weights), its "
+        "weights_best.safetensors or its checkpoint_latest.pt",
     )
     evaluate.add_argument(
-        "--data-root", help="override the dataset location stored in the checkpoint"
+        "--data-root", help="override the dataset location stored in the run"
     )
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument(
+        "--output", metavar="FILE",
+        help="where to write the metrics (default: evaluation.json in the run folder)",
+    )  # fmt: skip
     evaluate.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser(
         "demo", help="Proxy Anchor with and without SO, same seed, side by side"
     )
-    add_train_arguments(demo, dataset_default="digits")
-    demo.set_defaults(output_dir="runs/demo", so_weight=1.0)
-    demo.add_argument("--resume", action="store_true")
+    add_run_arguments(demo, dataset_default="digits")
     demo.set_defaults(func=cmd_demo)
 
     benchmark = sub.add_parser(
@@ -235,14 +200,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """The sentence of an expected error. An exception re-raised from a DataLoader
+    worker carries the worker's whole traceback in its message: keep its last line,
+    the original message."""
+    message = str(err).strip()
+    if "Original Traceback" in message:
+        last = message.splitlines()[-1]
+        name, sep, rest = last.partition(": ")
+        message = rest if sep and "." in name or name.endswith("Error") else last
+    return message.splitlines()[0] if message else type(err).__name__
+
+
+def expected_errors():
+    from .datasets import DatasetFormatError, ImageLoadError
+    from .training import CheckpointError, ConfigError, NonFiniteLossError
+
+    return (ConfigError, CheckpointError, NonFiniteLossError, DatasetFormatError,
+            ImageLoadError, ValueError, OSError, RuntimeError)  # fmt: skip
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # under torchrun: a failing rank's traceback reaches torchrun's error summary
-        return record(run)(argv)
-    return run(argv)
-
-
-def run(argv: Optional[List[str]] = None) -> int:
     # PML logs at INFO/WARNING for things that are expected here (no embedder
     # optimizer when the trunk feature is the embedding; its progress bar formats a
     # tensor that requires grad).
@@ -252,11 +230,24 @@ def run(argv: Optional[List[str]] = None) -> int:
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     args = build_parser().parse_args(argv)
+    rank = os.environ.get("RANK", "0")
     try:
         return args.func(args)
-    except (ValueError, OSError, RuntimeError) as err:
-        print(f"pml-soproxy: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.command in ("train", "demo") and rank == "0":
+            from .training.run import interrupted_message
+
+            folder = getattr(args, "output_dir", None) or "the run folder"
+            print(f"\n{interrupted_message(folder)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except expected_errors() as err:
+        from .training import ConfigError
+
+        if rank != "0" and isinstance(err, ConfigError):
+            return EXIT_ERROR  # every rank has the same config: rank 0 says it
+        where = "" if rank == "0" else f"[rank {rank}] "
+        print(f"pml-soproxy: error: {where}{one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

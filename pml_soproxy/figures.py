@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .training import COSINE_BINS  # noqa: E402
+from .report import COSINE_BINS  # noqa: E402
 
 
 def recall_per_epoch(runs: Dict[str, dict], path: str) -> str:

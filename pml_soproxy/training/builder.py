@@ -1,0 +1,359 @@
+"""Everything a run is made of, built from its config: data, trunk, embedder, loss,
+sampler, optimizers, tester and calculator. ``train`` and ``evaluate`` both build
+through these functions, so a saved run is rebuilt exactly as it was trained."""
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..device import AutocastTrunk, autocast_dtype, grad_scaler
+from .config import ConfigError, TrainConfig
+
+#: query and reference splits of the test evaluation, where not "test" vs "test"
+TEST_SPLITS = {"inshop": ("query", ["gallery"])}
+DEFAULT_RECALL_AT = (1, 2, 4, 8)
+
+
+def recall_at(config: TrainConfig) -> Tuple[int, ...]:
+    from ..evaluation import RECALL_AT_K
+
+    return tuple(
+        config.recall_at or RECALL_AT_K.get(config.dataset, DEFAULT_RECALL_AT)
+    )
+
+
+def create_dataset(config: TrainConfig, split: str, transform=None):
+    from ..datasets import create_dataset as create
+
+    dataset = create(config.dataset, config.data_root, split, transform=transform)
+    dataset.max_image_pixels = config.max_image_pixels
+    return dataset
+
+
+############
+### data ###
+############
+
+
+@dataclass
+class Data:
+    train: Any
+    val: Optional[Any]
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """What identifies the training data (not where it lies): class names and
+        images per class of the train and validation subsets."""
+        digest = hashlib.sha256()
+        for subset in (self.train, self.val):
+            if subset is None:
+                continue
+            counts = np.bincount(subset.labels, minlength=subset.num_classes)
+            digest.update(json.dumps([list(subset.class_names), counts.tolist()])
+                          .encode())  # fmt: skip
+        return {
+            "num_classes": self.num_classes,
+            "train_images": len(self.train),
+            "val_classes": self.val.num_classes if self.val is not None else 0,
+            "sha256": digest.hexdigest()[:16],
+        }
+
+
+def build_data(config: TrainConfig) -> Data:
+    """Train and validation subsets (class-disjoint), transforms set later."""
+    from ..datasets.splits import ClassSubset, train_val_split
+
+    full = create_dataset(config, "train")
+    if config.val_fraction > 0:
+        if full.num_classes < 2:
+            raise ConfigError(
+                f"{config.dataset}: the training split has {full.num_classes} class; "
+                "a validation carve-out needs 2 or more (set val_fraction: 0)"
+            )
+        train, val = train_val_split(full, config.val_fraction, seed=config.seed)
+    else:
+        train, val = ClassSubset(full, np.arange(len(full)), split="train"), None
+    return Data(train, val)
+
+
+def iterations_per_epoch(config: TrainConfig, data: Data) -> int:
+    return config.iterations_per_epoch or max(1, len(data.train) // config.batch_size)
+
+
+def check_data_fits(config: TrainConfig, data: Data, world_size: int = 1):
+    """What the sampler would otherwise assert: enough classes for one batch."""
+    m = config.samples_per_class
+    if config.batch_size % (world_size * m):
+        raise ConfigError(
+            f"batch_size ({config.batch_size}, the global batch) must split into "
+            f"{world_size} per-process batches that are multiples of "
+            f"samples_per_class ({m})"
+        )
+    needed = config.batch_size // m
+    have = data.num_classes
+    if have < needed:
+        held_out = (
+            f" ({data.val.num_classes} more are held out for validation by "
+            f"val_fraction={config.val_fraction})"
+            if data.val is not None
+            else ""
+        )
+        raise ConfigError(
+            f"batch_size {config.batch_size} with samples_per_class {m} needs "
+            f"{needed} classes per batch, but the training classes of "
+            f"{config.dataset} number {have}{held_out}; lower batch_size or raise "
+            "samples_per_class"
+        )
+
+
+#############
+### model ###
+#############
+
+
+def resolve_pretrained(config: TrainConfig) -> Dict[str, Any]:
+    """Where the trunk's starting weights come from, found before any work:
+    ``{"kind": "file" | "timm cache" | "timm hub" | "random init", "path"}``."""
+    from .. import trunks
+
+    if config.random_init:
+        return {"kind": "random init", "path": None}
+    if config.pretrained_weights is not None:
+        path = os.path.abspath(os.path.expanduser(config.pretrained_weights))
+        return {"kind": "file", "path": path, "sha256": sha256_of(path)}
+    cfg = trunks._pretrained_cfg(config.model_name)
+    cached = trunks._find_cached_weights(cfg)
+    kind = "timm cache"
+    if cached is None:
+        try:
+            cached = trunks._download_weights(config.model_name, cfg)
+        except RuntimeError:
+            raise ConfigError(
+                f"the ImageNet weights of {config.model_name} are not in timm's cache "
+                "and cannot be downloaded here: pass --pretrained-weights FILE (a "
+                ".pth or .safetensors file of the trunk's weights), or --random-init "
+                "to train from random weights (far worse results)"
+            ) from None
+        kind = "timm hub"
+    return {"kind": kind, "path": cached, "sha256": sha256_of(cached)}
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Model:
+    trunk: torch.nn.Module
+    embedder: torch.nn.Module
+    trunk_for_eval: torch.nn.Module  # the trunk under autocast, float32 out
+    train_transform: Any
+    eval_transform: Any
+    embedding_size: int
+
+
+def build_model(
+    config: TrainConfig, pretrained: Dict[str, Any], device: torch.device
+) -> Model:
+    import timm.data
+
+    from ..trunks import create_trunk, get_transforms
+
+    try:
+        trunk = create_trunk(
+            config.model_name,
+            pretrained=pretrained["kind"] != "random init",
+            checkpoint_path=pretrained["path"],
+            **config.trunk_kwargs,
+        )
+    except TypeError as err:  # timm's reaction to an unknown trunk_kwargs entry
+        raise ConfigError(
+            f"config key 'trunk_kwargs' = {config.trunk_kwargs!r} does not fit "
+            f"{config.model_name}: {err}"
+        ) from None
+    try:
+        train_transform = timm.data.create_transform(
+            **trunk.data_config, is_training=True, **config.augment
+        )
+    except TypeError as err:
+        raise ConfigError(
+            f"config key 'augment' = {config.augment!r}: {err} (the keys are "
+            "timm.data.create_transform's arguments)"
+        ) from None
+    if config.embedding_size:
+        embedder = torch.nn.Linear(trunk.output_size, config.embedding_size)
+        embedding_size = config.embedding_size
+    else:
+        embedder, embedding_size = torch.nn.Identity(), trunk.output_size
+    trunk.to(device)
+    embedder.to(device)
+    amp = autocast_dtype(device, config.precision)
+    return Model(
+        trunk,
+        embedder,
+        AutocastTrunk(trunk, device.type, amp),
+        train_transform,
+        get_transforms(trunk, train=False),
+        embedding_size,
+    )
+
+
+def build_loss(config: TrainConfig, num_classes: int, embedding_size: int, device):
+    from ..losses import SoftOrthogonalProxyAnchorLoss
+
+    return SoftOrthogonalProxyAnchorLoss(
+        num_classes,
+        embedding_size,
+        margin=config.margin,
+        alpha=config.alpha,
+        so_weight=config.so_weight,
+    ).to(device)
+
+
+def load_state(module: torch.nn.Module, state: Dict, path: str, part: str):
+    """``load_state_dict(strict=True)``, its error summarised with the file named."""
+    from ..trunks import _summarise_load_error
+
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"{path}: the saved {part} does not fit the model its config describes: "
+            f"{_summarise_load_error(str(err))}"
+        ) from None
+
+
+####################
+### optimisation ###
+####################
+
+
+def build_optimization(config: TrainConfig, model: Model, loss, iterations: int):
+    """AdamW per module (proxies at ``proxy_lr_multiplier`` x lr), per-iteration
+    cosine schedules, the trunk frozen during warm-up, a grad scaler for fp16."""
+
+    def adamw(params, lr):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+
+    optimizers = {
+        "trunk_optimizer": adamw(model.trunk.parameters(), config.lr),
+        "metric_loss_optimizer": adamw(
+            loss.parameters(), config.lr * config.proxy_lr_multiplier
+        ),
+    }
+    if config.embedding_size:
+        optimizers["embedder_optimizer"] = adamw(model.embedder.parameters(), config.lr)
+    total = iterations * config.epochs
+    warmup = iterations * min(config.warmup_epochs, config.epochs - 1)
+
+    def cosine(step):
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    def trunk_factor(step):  # new layers only during warm-up, then cosine
+        return 0.0 if step < warmup else cosine(step)
+
+    schedulers = {
+        name.replace("_optimizer", "_scheduler_by_iteration"):
+        torch.optim.lr_scheduler.LambdaLR(
+            opt, trunk_factor if name == "trunk_optimizer" else cosine
+        )
+        for name, opt in optimizers.items()
+    }  # fmt: skip
+    device = next(model.trunk.parameters()).device
+    scaler = grad_scaler(device, autocast_dtype(device, config.precision))
+    return optimizers, schedulers, scaler
+
+
+def build_sampler(config: TrainConfig, data: Data, iterations: int, world_size: int):
+    from .. import distributed
+    from .samplers import ResumableMPerClassSampler
+
+    if world_size == 1:
+        return ResumableMPerClassSampler(
+            data.train.labels,
+            m=config.samples_per_class,
+            batch_size=config.batch_size,
+            length_before_new_iter=iterations * config.batch_size,
+        )
+    return distributed.DistributedMPerClassSampler(
+        data.train.labels,
+        m=config.samples_per_class,
+        global_batch_size=config.batch_size,
+        iterations_per_epoch=iterations,
+        seed=config.seed,
+    )
+
+
+def gradient_clippers(config: TrainConfig, model: Model):
+    if not config.grad_clip:
+        return None
+    # gradient-norm clipping of trunk + embedder (Proxy Anchor clips at 10)
+    params = [p for m in (model.trunk, model.embedder) for p in m.parameters()]
+    return {
+        "trunk_grad_clipper": lambda: torch.nn.utils.clip_grad_norm_(
+            params, config.grad_clip
+        )
+    }
+
+
+##################
+### evaluation ###
+##################
+
+
+def build_calculator(config: TrainConfig, device):
+    from ..evaluation import RecallAtKCalculator
+
+    return RecallAtKCalculator(recall_at=recall_at(config), device=device)
+
+
+def build_tester(config: TrainConfig, device, end_of_testing_hook=None):
+    from pytorch_metric_learning import testers
+
+    return testers.GlobalEmbeddingSpaceTester(
+        batch_size=config.eval_batch_size,
+        dataloader_num_workers=config.num_workers,
+        data_device=device,
+        accuracy_calculator=build_calculator(config, device),
+        end_of_testing_hook=end_of_testing_hook,
+    )
+
+
+def metrics_of(accuracies: Dict[str, Any]) -> Dict[str, float]:
+    return {k.replace("_level0", ""): v for k, v in accuracies.items() if k != "epoch"}
+
+
+def evaluate_test(config: TrainConfig, model: Model, device) -> Dict[str, float]:
+    """Test-split Recall@K, MAP@R and R-precision (query vs gallery for In-Shop)."""
+    query, references = TEST_SPLITS.get(config.dataset, ("test", ["test"]))
+    splits = {
+        s: create_dataset(config, s, transform=model.eval_transform)
+        for s in {query, *references}
+    }
+    accuracies = build_tester(config, device).test(
+        splits,
+        0,
+        model.trunk_for_eval,
+        model.embedder,
+        splits_to_eval=[(query, references)],
+    )[query]
+    return metrics_of(accuracies)
+
+
+def evaluate_split(tester, name: str, dataset, model: Model, epoch: int) -> Dict:
+    return metrics_of(
+        tester.test({name: dataset}, epoch, model.trunk_for_eval, model.embedder)[name]
+    )
