@@ -53,7 +53,7 @@ from benchutil import meta, table, write_json
 from pml_soproxy import RecallAtKCalculator, SoftOrthogonalProxyAnchorLoss
 from pml_soproxy.datasets import ImageFolder
 from pml_soproxy.datasets.splits import class_disjoint_split
-from pml_soproxy.training import proxy_cosine_stats
+from pml_soproxy.report import proxy_cosine_stats
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cub100" / "images"

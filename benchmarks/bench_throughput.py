@@ -36,6 +36,7 @@ from benchutil import meta, synchronize, table, write_json
 from pytorch_metric_learning.utils import common_functions as c_f
 
 from pml_soproxy import training
+from pml_soproxy.training.trainer import SOProxyTrainer
 
 CONFIGS = {
     "tiny": {},  # the digits demo config as shipped
@@ -54,7 +55,7 @@ class Probe:
     def __init__(self, device):
         self.device = device
         self.marks, self.loading, self.epoch_ends = [], [], []
-        cls = training.SOProxyTrainer
+        cls = SOProxyTrainer
         self.saved = {
             "step_lr_schedulers": cls.step_lr_schedulers,
             "get_batch": cls.get_batch,
@@ -84,13 +85,12 @@ class Probe:
 
     def restore(self):
         for name, fn in self.saved.items():
-            setattr(training.SOProxyTrainer, name, fn)
+            setattr(SOProxyTrainer, name, fn)
 
 
 def bare_loop(run, batch, labels, repeats, device):
     # the trunk as the trainer sees it (under autocast where the config asks for it)
-    trunk = getattr(run, "trunk_for_eval", None) or getattr(run, "trunk_for_pml")
-    embedder, loss = run.embedder, run.loss
+    trunk, embedder, loss = run.model.trunk_for_eval, run.model.embedder, run.loss
     optimizers = list(run.optimizers.values())
     trunk.train()
     embedder.train()
@@ -114,13 +114,13 @@ def loading_only(run, batches):
     from pytorch_metric_learning.samplers import MPerClassSampler
 
     sampler = MPerClassSampler(
-        run.train_set.labels,
+        run.data.train.labels,
         m=config.samples_per_class,
         batch_size=config.batch_size,
         length_before_new_iter=(batches + 1) * config.batch_size,
     )
     loader = c_f.get_train_dataloader(
-        run.train_set, config.batch_size, sampler, config.num_workers, None
+        run.data.train, config.batch_size, sampler, config.num_workers, None
     )
     iterator = iter(loader)
     next(iterator)  # worker start-up
@@ -149,9 +149,9 @@ def bench_config(name, args):
         config = training.load_config("digits", overrides)
         run = training.Run(config)
         device = run.device
-        batch = torch.stack([run.train_set[i][0] for i in range(config.batch_size)])
+        batch = torch.stack([run.data.train[i][0] for i in range(config.batch_size)])
         batch = batch.to(device)
-        labels = torch.arange(config.batch_size, device=device) % run.num_classes
+        labels = torch.arange(config.batch_size, device=device) % run.data.num_classes
         print(f"[{name}] bare loop warm-up ...", flush=True)
         bare_loop(run, batch, labels, 1, device)
         original_end = run.end_of_epoch
@@ -189,7 +189,7 @@ def bench_config(name, args):
         "config": name,
         "model": config.model_name,
         "trunk_kwargs": config.trunk_kwargs,
-        "image_size": run.trunk.data_config["input_size"][-1],
+        "image_size": run.model.trunk.data_config["input_size"][-1],
         "batch_size": config.batch_size,
         "num_workers": config.num_workers,
         "iterations_timed": len(pipeline_steps),

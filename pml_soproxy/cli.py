@@ -66,9 +66,9 @@ def print_config(resolved) -> int:
 
 
 def cmd_train(args) -> int:
+    from .evaluation import format_accuracies
     from .report import results_header
     from .training import train
-    from .evaluation import format_accuracies
 
     resolved = resolved_config(args)
     if args.print_config:
@@ -91,7 +91,9 @@ def cmd_evaluate(args) -> int:
         write_evaluation,
     )
 
-    results = evaluate_run(args.checkpoint, data_root=args.data_root, device=args.device)
+    results = evaluate_run(
+        args.checkpoint, data_root=args.data_root, device=args.device
+    )
     print(results_header(results))
     print(format_accuracies(results["test"]))  # before any file is written
     output = args.output or default_evaluation_path(args.checkpoint)

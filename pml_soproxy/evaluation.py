@@ -24,6 +24,7 @@ import functools
 import numbers
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.accuracy_calculator import (
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_EXTRA_METRICS",
     "RecallAtKCalculator",
     "recall_metric_names",
+    "check_evaluation_inputs",
     "first_hit_rank",
     "evaluate_query_gallery",
     "format_accuracies",
@@ -113,6 +115,86 @@ def same_label(a, b):
     O(N) memory. Same counts, same metrics (tested against PML's own calculator).
     """
     return a == b
+
+
+def _shape(x) -> Tuple[int, ...]:
+    return tuple(int(d) for d in np.shape(x))
+
+
+def _check_embeddings(name: str, embeddings) -> None:
+    shape = _shape(embeddings)
+    if len(shape) != 2:
+        raise ValueError(
+            f"{name} embeddings must be 2-D (num_embeddings, embedding_size), "
+            f"got shape {shape}"
+        )
+    if shape[0] == 0:
+        raise ValueError(
+            f"the {name} set is empty (shape {shape}); Recall@K needs at least one "
+            f"{name} embedding"
+        )
+
+
+def _check_labels(name: str, embeddings, labels, labels_name: str) -> None:
+    count = len(embeddings)
+    if labels is None:
+        raise ValueError(f"{labels_name} is None but {name} has {count} embeddings")
+    shape = _shape(labels)
+    num_labels = shape[0] if shape else 0
+    if num_labels != count:
+        raise ValueError(
+            f"{name} has {count} embeddings but {labels_name} has {num_labels} "
+            f"labels (shape {shape}); pass one label per embedding"
+        )
+
+
+def _count_non_finite_rows(embeddings) -> int:
+    """Rows with a NaN or an infinity, counted in chunks (no N x D temporary)."""
+    if isinstance(embeddings, torch.Tensor):
+        if not torch.is_floating_point(embeddings):
+            return 0
+        bad = torch.zeros((), dtype=torch.long, device=embeddings.device)
+        for chunk in embeddings.split(_CHUNK_ROWS):
+            bad += (~torch.isfinite(chunk).all(dim=1)).sum()
+        return int(bad)  # one device-to-host copy
+    x = np.asarray(embeddings)
+    if not np.issubdtype(x.dtype, np.inexact):
+        return 0
+    return sum(
+        int((~np.isfinite(x[s : s + _CHUNK_ROWS]).all(axis=1)).sum())
+        for s in range(0, len(x), _CHUNK_ROWS)
+    )
+
+
+def check_evaluation_inputs(
+    query, query_labels, reference=None, reference_labels=None
+) -> None:
+    """``ValueError`` (shapes or counts in one sentence) for inputs that PML or
+    faiss would reject with a misleading error, or silently mis-rank (NaN).
+
+    ``reference=None`` means self-retrieval: the query set is the reference set.
+    Accepts torch tensors and numpy arrays, like PML.
+    """
+    sets = [("query", query, query_labels, "query_labels")]
+    if reference is not None:
+        sets.append(("reference", reference, reference_labels, "reference_labels"))
+    for name, embeddings, _, _ in sets:
+        _check_embeddings(name, embeddings)
+    if reference is not None and _shape(query)[1] != _shape(reference)[1]:
+        raise ValueError(
+            f"query embeddings have {_shape(query)[1]} dimensions but reference "
+            f"embeddings have {_shape(reference)[1]} (query shape {_shape(query)}, "
+            f"reference shape {_shape(reference)})"
+        )
+    for name, embeddings, labels, labels_name in sets:
+        _check_labels(name, embeddings, labels, labels_name)
+    for name, embeddings, _, _ in sets:
+        bad = _count_non_finite_rows(embeddings)
+        if bad:
+            raise ValueError(
+                f"{bad} of {len(embeddings)} {name} embedding rows contain NaN or "
+                "infinite values, which the kNN search cannot rank"
+            )
 
 
 class RecallAtKCalculator(AccuracyCalculator):
@@ -213,7 +295,14 @@ class RecallAtKCalculator(AccuracyCalculator):
         include=(),
         exclude=(),
     ):
-        """PML's ``get_accuracy``, with optional L2 normalisation first."""
+        """PML's ``get_accuracy``, with optional L2 normalisation first.
+
+        Raises ``ValueError`` before any work for inputs PML or faiss would reject
+        with a misleading message: non-2-D or empty embeddings, query and reference
+        of different dimensions, a label count that is not the embedding count, and
+        NaN or infinite embedding values.
+        """
+        check_evaluation_inputs(query, query_labels, reference, reference_labels)
         if self.normalize_embeddings:
             query = _l2_normalize(query)
             if reference is not None:

@@ -1,10 +1,15 @@
 """Deep metric learning datasets: official layouts, standard class-disjoint splits."""
 
+from .bad_images import SkipBadImages, read_skipped
 from .base import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     IMAGE_EXTENSIONS,
     DatasetFormatError,
     ImageListDataset,
     ImageLoadError,
+    image_to_rgb,
+    load_rgb,
+    set_max_image_pixels,
 )
 from .cars196 import Cars196, parse_cars_annos
 from .cub200 import CUB200

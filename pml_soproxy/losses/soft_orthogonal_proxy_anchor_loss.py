@@ -1,3 +1,5 @@
+import numbers
+
 import torch
 from pytorch_metric_learning.losses import ProxyAnchorLoss
 
@@ -22,6 +24,8 @@ class SoftOrthogonalProxyAnchorLoss(ProxyAnchorLoss):
         weight_regularizer=None,
         **kwargs
     ):
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("embedding_size", embedding_size)
         if "weight_reg_weight" in kwargs:
             raise ValueError(
                 "so_weight is the weight of the regularizer; do not pass weight_reg_weight too"
@@ -39,12 +43,16 @@ class SoftOrthogonalProxyAnchorLoss(ProxyAnchorLoss):
             weight_reg_weight=so_weight,
             **kwargs
         )
+        self.embedding_size = embedding_size
         self.so_weight = so_weight
-        self.add_to_recordable_attributes(name="so_weight", is_stat=False)
+        self.add_to_recordable_attributes(
+            list_of_names=["embedding_size", "so_weight"], is_stat=False
+        )
 
     def forward(
         self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None
     ):
+        self.check_shapes(embeddings, labels)
         self.check_labels(labels)
         # fp16 logits overflow in exp(alpha * (cos + margin)), PML would cast the
         # proxies themselves to the embeddings' dtype, and its reducers sum the
@@ -52,6 +60,36 @@ class SoftOrthogonalProxyAnchorLoss(ProxyAnchorLoss):
         with autocast_disabled(embeddings.device.type):
             return super().forward(
                 at_least_float32(embeddings), labels, indices_tuple, ref_emb, ref_labels
+            )
+
+    def check_shapes(self, embeddings, labels):
+        # shapes only: no device-to-host synchronization
+        if embeddings.ndim != 2:
+            raise ValueError(
+                "embeddings must be a 2D tensor of shape (batch_size, embedding_size), "
+                "got shape {}".format(tuple(embeddings.shape))
+            )
+        if embeddings.shape[1] != self.embedding_size:
+            raise ValueError(
+                "embeddings have {0} dimensions but the loss was built with "
+                "embedding_size={1}; build the loss with embedding_size={0} or add an "
+                "embedder that outputs {1}".format(
+                    embeddings.shape[1], self.embedding_size
+                )
+            )
+        if labels is None:
+            return
+        if labels.ndim != 1:
+            raise ValueError(
+                "labels must be a 1D tensor of shape (batch_size,), got shape {}".format(
+                    tuple(labels.shape)
+                )
+            )
+        if labels.shape[0] != embeddings.shape[0]:
+            raise ValueError(
+                "got {} embeddings but {} labels; pass one label per embedding".format(
+                    embeddings.shape[0], labels.shape[0]
+                )
             )
 
     def check_labels(self, labels):
@@ -70,3 +108,8 @@ class SoftOrthogonalProxyAnchorLoss(ProxyAnchorLoss):
                 "label {} is outside [0, num_classes) with num_classes={}; labels must "
                 "be 0-based class indices".format(bad_label, self.num_classes)
             )
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError("{} must be an integer >= 1, got {!r}".format(name, value))

@@ -7,7 +7,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,17 +23,15 @@ DEFAULT_RECALL_AT = (1, 2, 4, 8)
 def recall_at(config: TrainConfig) -> Tuple[int, ...]:
     from ..evaluation import RECALL_AT_K
 
-    return tuple(
-        config.recall_at or RECALL_AT_K.get(config.dataset, DEFAULT_RECALL_AT)
-    )
+    return tuple(config.recall_at or RECALL_AT_K.get(config.dataset, DEFAULT_RECALL_AT))
 
 
 def create_dataset(config: TrainConfig, split: str, transform=None):
     from ..datasets import create_dataset as create
+    from ..datasets import set_max_image_pixels
 
     dataset = create(config.dataset, config.data_root, split, transform=transform)
-    dataset.max_image_pixels = config.max_image_pixels
-    return dataset
+    return set_max_image_pixels(dataset, config.max_image_pixels)
 
 
 ############

@@ -28,8 +28,11 @@ def run_demo(
 
     runs = {}
     for name, weight in zip(VARIANTS, (0.0, so_weight)):
-        values = dict(overrides, so_weight=weight,
-                      output_dir=os.path.join(output_dir, name.replace("+", "_")))
+        values = dict(
+            overrides,
+            so_weight=weight,
+            output_dir=os.path.join(output_dir, name.replace("+", "_")),
+        )
         kwargs = {"flag_source": flag_source} if flag_source else {}
         config = resolve_config(dataset, values, extra_configs, **kwargs).config
         echo(

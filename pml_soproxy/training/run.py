@@ -21,7 +21,7 @@ from .. import __version__, distributed
 from ..device import resolve_device
 from ..report import proxy_cosine_stats
 from . import builder, checkpoints
-from .config import ConfigError, ResolvedConfig, TrainConfig, resolve_config
+from .config import ConfigError, ResolvedConfig, TrainConfig
 from .selection import Selection
 from .trainer import SOProxyTrainer
 

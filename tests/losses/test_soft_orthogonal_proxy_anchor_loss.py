@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning.distances import DotProductSimilarity
@@ -186,3 +187,112 @@ def test_labels_required():
     loss = SoftOrthogonalProxyAnchorLoss(10, 8)
     with pytest.raises(ValueError, match="labels are required"):
         loss(torch.randn(4, 8))
+
+
+# --------------------------------------------------------------------------- #
+# Input guards
+# --------------------------------------------------------------------------- #
+BAD_SIZES = {
+    "zero": 0,
+    "negative": -3,
+    "integral_float": 8.0,
+    "fractional_float": 8.5,
+    "bool_true": True,
+    "bool_false": False,
+    "string": "8",
+    "none": None,
+    "tensor": torch.tensor([8.0]),
+}
+
+
+@pytest.mark.parametrize("argument", ["num_classes", "embedding_size"])
+@pytest.mark.parametrize("bad", list(BAD_SIZES.values()), ids=list(BAD_SIZES))
+def test_bad_sizes_are_rejected_with_their_name_and_value(argument, bad):
+    sizes = {"num_classes": 10, "embedding_size": 8}
+    sizes[argument] = bad
+    message = "{} must be an integer >= 1, got {!r}".format(argument, bad)
+    with pytest.raises(ValueError) as excinfo:
+        SoftOrthogonalProxyAnchorLoss(**sizes)
+    assert str(excinfo.value) == message
+
+
+@pytest.mark.parametrize("size", [1, np.int64(8), torch.Size([8])[0]])
+def test_integral_sizes_are_accepted(size):
+    loss = SoftOrthogonalProxyAnchorLoss(size, size)
+    assert loss.proxies.shape == (size, size)
+    assert loss.embedding_size == size
+    labels = torch.zeros(4, dtype=torch.long)
+    assert torch.isfinite(loss(torch.randn(4, int(size)), labels))
+
+
+@pytest.mark.parametrize("actual", [384, 511, 513])
+def test_embedding_size_mismatch_names_both_sizes(actual):
+    loss = SoftOrthogonalProxyAnchorLoss(10, 512)
+    embeddings = torch.randn(6, actual)
+    labels = torch.randint(0, 10, (6,))
+    with pytest.raises(ValueError) as excinfo:
+        loss(embeddings, labels)
+    assert str(excinfo.value) == (
+        "embeddings have {0} dimensions but the loss was built with "
+        "embedding_size=512; build the loss with embedding_size={0} or add an "
+        "embedder that outputs 512".format(actual)
+    )
+    assert "mat1 and mat2" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize("shape", [(8,), (4, 2, 8), (), (4, 8, 1)])
+def test_embeddings_must_be_2d(shape):
+    loss = SoftOrthogonalProxyAnchorLoss(10, 8)
+    with pytest.raises(ValueError) as excinfo:
+        loss(torch.randn(shape), torch.zeros(4, dtype=torch.long))
+    assert str(excinfo.value) == (
+        "embeddings must be a 2D tensor of shape (batch_size, embedding_size), "
+        "got shape {}".format(shape)
+    )
+
+
+@pytest.mark.parametrize("num_labels", [0, 47, 49, 96])
+def test_label_count_must_match_embeddings(num_labels):
+    loss = SoftOrthogonalProxyAnchorLoss(10, 8)
+    embeddings, _ = batch(10, 8, torch.float32, batch_size=48)
+    labels = torch.randint(0, 10, (num_labels,))
+    with pytest.raises(ValueError) as excinfo:
+        loss(embeddings, labels)
+    assert str(excinfo.value) == (
+        "got 48 embeddings but {} labels; pass one label per embedding".format(
+            num_labels
+        )
+    )
+
+
+@pytest.mark.parametrize("shape", [(48, 1), (), (2, 24)])
+def test_labels_must_be_1d(shape):
+    loss = SoftOrthogonalProxyAnchorLoss(10, 8)
+    embeddings, _ = batch(10, 8, torch.float32, batch_size=48)
+    labels = torch.zeros(shape, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"labels must be a 1D tensor .*got shape"):
+        loss(embeddings, labels)
+
+
+@pytest.mark.parametrize(
+    "embedding_shape, label_shape, message",
+    [
+        ((4, 7), (4,), "embeddings have 7 dimensions"),
+        ((4,), (4,), "embeddings must be a 2D tensor"),
+        ((4, 8), (5,), "got 4 embeddings but 5 labels"),
+        ((4, 8), (4, 1), "labels must be a 1D tensor"),
+    ],
+)
+def test_shape_guards_read_no_tensor_values(embedding_shape, label_shape, message):
+    # meta tensors have shapes but no data: a guard that read a value (a
+    # device-to-host synchronization on GPU) would raise RuntimeError instead
+    loss = SoftOrthogonalProxyAnchorLoss(10, 8)
+    embeddings = torch.empty(embedding_shape, device="meta")
+    labels = torch.empty(label_shape, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match=message):
+        loss.check_shapes(embeddings, labels)
+    loss.check_shapes(torch.empty(4, 8, device="meta"), None)
+    loss.check_shapes(
+        torch.empty(4, 8, device="meta"),
+        torch.empty(4, dtype=torch.long, device="meta"),
+    )

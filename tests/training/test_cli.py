@@ -1,0 +1,100 @@
+"""The command line end to end on the embedded digits data."""
+
+import json
+
+import pytest
+
+from pml_soproxy import cli
+from pml_soproxy.training import Run
+
+from .helpers import TRAIN_FLAGS, config
+
+
+def test_validation_classes_are_carved_from_training_classes(tmp_path):
+    run = Run(config(tmp_path))
+    train_classes = set(run.data.train.parent_classes.tolist())
+    val_classes = set(run.data.val.parent_classes.tolist())
+    assert train_classes.isdisjoint(val_classes)
+    assert train_classes | val_classes == set(range(5))  # digits 0-4, never 5-9
+    assert run.loss.num_classes == len(train_classes)
+
+
+@pytest.mark.slow
+def test_cli_train_evaluate_and_ctrl_c(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cli"
+    args = ["train", *TRAIN_FLAGS, "--num-workers", "0", "--output-dir", str(out)]
+    assert cli.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    printed = capsys.readouterr().out
+    assert "recall_at_1" in printed and "weights of epoch" in printed
+    assert "random init" in printed and results["pretrained_weights"] == {
+        "kind": "random init",
+        "path": None,
+    }
+    assert set(results["test"]) >= {"recall_at_1", "recall_at_8",
+                                    "mean_average_precision_at_r"}  # fmt: skip
+
+    for target in (out, out / "weights_best.safetensors"):
+        assert (
+            cli.main(["evaluate", "--checkpoint", str(target), "--device", "cpu"]) == 0
+        )
+        evaluation = json.loads((out / "evaluation.json").read_text())
+        assert evaluation["test"] == results["test"]
+    assert "recall_at_1" in capsys.readouterr().out
+
+    def interrupt(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pml_soproxy.training.train", interrupt)
+    assert cli.main([*args, "--overwrite"]) == 130
+    err = capsys.readouterr().err
+    assert "--resume" in err and "Traceback" not in err
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    code = cli.main(["train", "--dataset", "cub200", "--data-root", str(missing),
+                     "--device", "cpu", "--random-init"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pml-soproxy: error:") and str(missing) in err
+    assert len(err.strip().splitlines()) == 1
+    assert cli.main(["evaluate", "--checkpoint", str(missing / "x.pt")]) == 2
+
+
+@pytest.mark.slow
+def test_demo_with_a_reduced_budget(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--output-dir", str(out), "--epochs", "2",
+            "--iterations-per-epoch", "2"]  # fmt: skip
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "proxy_anchor+SO" in printed and "recall_at_8" in printed
+    assert "random init" in printed
+    for figure in ("recall_per_epoch.png", "proxy_cosines.png"):
+        assert (out / figure).stat().st_size > 1000
+    demo = json.loads((out / "demo.json").read_text())
+    assert set(demo) == {"proxy_anchor", "proxy_anchor+SO"}
+
+
+def test_inshop_is_tested_query_against_gallery(tmp_path, capsys):
+    from tests.datasets.trees import make_inshop
+
+    root = make_inshop(tmp_path)
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(
+        "model_name: deit_tiny_patch16_224\nrandom_init: true\n"
+        "trunk_kwargs: {img_size: 32, patch_size: 8, depth: 1, embed_dim: 32, num_heads: 2}\n"
+    )
+    out = tmp_path / "inshop"
+    args = ["train", "--dataset", "inshop", "--data-root", str(root), "--config", str(tiny),
+            "--output-dir", str(out), "--epochs", "1", "--batch-size", "4",
+            "--samples-per-class", "2", "--val-fraction", "0", "--num-workers", "0",
+            "--device", "cpu"]  # fmt: skip
+    assert cli.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    # 2 queries, each with its item in the 4-image gallery: R@40 covers the gallery
+    assert results["test"]["recall_at_40"] == 1.0
+    assert set(results["test"]) >= {"recall_at_1", "recall_at_10", "recall_at_20",
+                                    "recall_at_30"}  # fmt: skip
+    assert results["selected"] == "last epoch"
