@@ -434,7 +434,12 @@ def resolve_config(
             if key in DEPRECATED_KEYS:
                 key, advice = DEPRECATED_KEYS[key]
                 warnings.append(f"{advice} (from {source})")
-            if key not in SCHEMA or key == "dataset":
+            if key == "dataset":
+                raise ConfigError(
+                    f"'dataset' cannot be set in a config file ({source}): pass "
+                    "--dataset"
+                )
+            if key not in SCHEMA:
                 raise unknown_key_error(key, source)
             values[key], sources[key] = check_value(key, value, source), source
     values["dataset"] = dataset

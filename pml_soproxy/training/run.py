@@ -26,12 +26,14 @@ from .selection import Selection
 from .trainer import SOProxyTrainer
 
 LOGGER = logging.getLogger("pml_soproxy")
-#: keys that make a checkpoint another run's: --resume refuses when they differ
-IDENTITY_KEYS = ("dataset", "model_name", "trunk_kwargs", "embedding_size",
-                 "val_fraction", "seed", "batch_size", "samples_per_class",
-                 "so_weight", "margin", "alpha")  # fmt: skip
-#: keys that may change on --resume without a word (where things are)
-LOCATION_KEYS = ("output_dir", "data_root")
+#: keys that may differ on --resume: where things are, how long to train, how to
+#: load and evaluate. Every other key is part of the run (the optimizer state and
+#: the RNG streams in the checkpoint follow from it), so --resume refuses a change.
+RESUMABLE_KEYS = ("output_dir", "data_root", "epochs", "patience", "num_workers",
+                  "eval_batch_size", "log_every", "device", "max_image_pixels",
+                  "skip_bad_images")  # fmt: skip
+#: the trunk's starting weights: replaced by the checkpoint's on --resume
+STARTING_KEYS = ("pretrained_weights", "random_init")
 
 
 def interrupted_message(folder: str) -> str:
@@ -79,11 +81,13 @@ def check_folder(config: TrainConfig, resume: bool, overwrite: bool) -> Optional
             f"--resume: {path} was written by {meta['world_size']} process(es), this "
             f"run has {world}; resume with the same number of processes"
         )
-    differ = _differences(meta["config"], config, IDENTITY_KEYS)
+    fixed = [k for k in config.to_dict() if k not in RESUMABLE_KEYS + STARTING_KEYS]
+    differ = _differences(meta["config"], config, fixed)
     if differ:
         raise ConfigError(
-            f"--resume: {path} belongs to another run; these keys differ: "
-            + "; ".join(differ)
+            f"--resume: {path} belongs to another run; these keys differ and cannot "
+            f"change on resume: {'; '.join(differ)} (use the run's values, or start "
+            "a new run with another --output-dir or --overwrite)"
         )
     return meta
 
@@ -150,7 +154,7 @@ class Run:
             changed = _differences(
                 self.meta["config"],
                 config,
-                [k for k in config.to_dict() if k not in IDENTITY_KEYS + LOCATION_KEYS],
+                [k for k in RESUMABLE_KEYS if k not in ("output_dir", "data_root")],
             )
             if changed:
                 LOGGER.warning(
@@ -312,7 +316,7 @@ class Run:
             f"the training loss became NaN or infinite at epoch {epoch}, iteration "
             f"{iteration} of {of}; the run stopped and {kept}. Lower the learning "
             f"rate (lr={c.lr:g}, proxy_lr_multiplier={c.proxy_lr_multiplier:g}) or "
-            f"use precision fp32, then continue with --resume"
+            f"use precision fp32, and start the run again with --overwrite"
         )
 
     def train(self):
