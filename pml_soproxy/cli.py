@@ -247,8 +247,18 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if rank != "0" and isinstance(err, ConfigError):
             return EXIT_ERROR  # every rank has the same config: rank 0 says it
+        from .datasets import ImageLoadError
+
         where = "" if rank == "0" else f"[rank {rank}] "
-        print(f"pml-soproxy: error: {where}{one_line(err)}", file=sys.stderr)
+        message = one_line(err)
+        if isinstance(err, ImageLoadError) and args.command in ("train", "demo"):
+            if "max_image_pixels" not in message:
+                message += (
+                    " (pass --skip-bad-images to replace unreadable training images "
+                    "by others of their class and list them in the run folder)"
+                )
+        err.__traceback__ = None  # frees DataLoader workers held by the traceback
+        print(f"pml-soproxy: error: {where}{message}", file=sys.stderr)
         return EXIT_ERROR
 
 

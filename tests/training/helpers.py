@@ -39,9 +39,11 @@ def python(*args, timeout=600, cwd=None, env=None):
                           timeout=timeout, cwd=cwd, env=environment)  # fmt: skip
 
 
-def torchrun(*args, nproc=2, timeout=600, cwd=None):
-    """2 processes x 1 thread on a 2-core machine."""
-    return python("-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+def torchrun(*args, nproc=2, timeout=600, cwd=None, log_dir=None):
+    """2 processes x 1 thread on a 2-core machine; with ``log_dir``, each rank's
+    output goes to its own files there."""
+    logs = ["--log-dir", str(log_dir), "--redirects", "3"] if log_dir else []
+    return python("-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *logs,
                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                   *args, timeout=timeout, cwd=cwd, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
 

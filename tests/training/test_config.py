@@ -55,7 +55,9 @@ def test_every_schema_key_has_a_check_or_a_type_and_a_flag():
 def test_yaml_values_name_file_and_line(tmp_path):
     extra = tmp_path / "mine.yaml"
     extra.write_text("so_weight: 0.5\n\nepochs: ten\n")
-    with pytest.raises(ConfigError, match=r"'epochs' = 'ten' \(from .*mine.yaml, line 3\)"):
+    with pytest.raises(
+        ConfigError, match=r"'epochs' = 'ten' \(from .*mine.yaml, line 3\)"
+    ):
         load_config("digits", extra_configs=[str(extra)])
 
 

@@ -45,10 +45,13 @@ def same_run(resumed, straight):
     assert resumed["selected"] == straight["selected"]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("after", [1, 2])
+@pytest.mark.parametrize(
+    "signum, workers, after",
+    [(signal.SIGINT, 0, 1), (signal.SIGINT, 0, 2), (signal.SIGINT, 2, 1),
+     (signal.SIGINT, 2, 2), (signal.SIGTERM, 0, 1)],
+)  # fmt: skip
 def test_sigint_then_resume_is_the_uninterrupted_run(
-    tmp_path, monkeypatch, straight, workers, after
+    tmp_path, monkeypatch, straight, signum, workers, after
 ):
     interrupted = config(tmp_path, num_workers=workers)
     original = Run.end_of_epoch
@@ -56,7 +59,7 @@ def test_sigint_then_resume_is_the_uninterrupted_run(
     def ctrl_c_after(self, trainer):
         keep_going = original(self, trainer)
         if trainer.epoch == after:
-            os.kill(os.getpid(), signal.SIGINT)  # a real signal, as from a terminal
+            os.kill(os.getpid(), signum)  # a real signal, as from a terminal
         return keep_going
 
     monkeypatch.setattr(Run, "end_of_epoch", ctrl_c_after)
@@ -97,9 +100,20 @@ def test_two_process_interrupt_then_resume_is_the_uninterrupted_run(
 ):
     flags = ["train", *TRAIN_FLAGS, *DDP_FLAGS, "--num-workers", str(workers)]
     whole = torchrun("-m", "pml_soproxy.cli", *flags, "--output-dir",
-                     str(tmp_path / "whole"), cwd=tmp_path)  # fmt: skip
+                     str(tmp_path / "whole"), cwd=tmp_path,
+                     log_dir=tmp_path / "logs")  # fmt: skip
     assert whole.returncode == 0, whole.stderr[-3000:]
-    assert whole.stdout.count("recall_at_1") == 1  # only rank 0 reports
+    ranks = {int(p.parent.name): p.read_text() + (p.parent / "stdout.log").read_text()
+             for p in (tmp_path / "logs").rglob("stderr.log")}  # fmt: skip
+    assert sorted(ranks) == [0, 1]
+    assert "epoch 1/3" in ranks[0] and "recall_at_1" in ranks[0]
+    assert "epoch 1/3" not in ranks[1] and "recall_at_1" not in ranks[1]
+    # the logged loss is the global batch's, not world_size times it
+    single = train(config(tmp_path, "single", batch_size=40, samples_per_class=10,
+                          val_fraction=0.2, num_workers=workers))  # fmt: skip
+    two = json.loads((tmp_path / "whole" / "results.json").read_text())
+    ratio = two["history"][0]["loss"] / single["history"][0]["loss"]
+    assert 0.75 < ratio < 1.33, ratio
 
     out = tmp_path / "interrupted"
     script = tmp_path / "interrupter.py"

@@ -135,7 +135,9 @@ def test_a_diverging_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SoftOrthogonalProxyAnchorLoss, "forward", nan_from_epoch_two)
     c = config(tmp_path, log_every=5)
-    with pytest.raises(NonFiniteLossError, match="epoch 2, iteration 1 of 2.*keeps epoch 1"):
+    with pytest.raises(
+        NonFiniteLossError, match="epoch 2, iteration 1 of 2.*keeps epoch 1"
+    ):
         train(c)
     assert load_checkpoint(os.path.join(c.output_dir, CHECKPOINT))["meta"]["epoch"] == 1
     assert not os.path.exists(os.path.join(c.output_dir, "results.json"))

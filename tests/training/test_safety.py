@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from pml_soproxy import cli
-from pml_soproxy.trunks import deit_trunk
 from pml_soproxy.training.checkpoints import (
     atomic_write,
     load_checkpoint,
     rng_state,
     set_rng_state,
 )
+from pml_soproxy.trunks import deit_trunk
 
 from .helpers import TRAIN_FLAGS
 
@@ -50,7 +50,9 @@ def test_evaluate_never_unpickles(tmp_path, capsys, name):
     for target in (path, tmp_path):  # the file, and its folder as a run folder
         assert cli.main(["evaluate", "--checkpoint", str(target)]) == 2
         line = one_error_line(capsys)
-        assert any(s in line for s in ("never loads", "not a pml-soproxy run", "holds no"))
+        assert any(
+            s in line for s in ("never loads", "not a pml-soproxy run", "holds no")
+        )
     assert not marker.exists()
 
 
