@@ -206,12 +206,14 @@ def one_line(err: BaseException) -> str:
     """The sentence of an expected error. An exception re-raised from a DataLoader
     worker carries the worker's whole traceback in its message: keep its last line,
     the original message."""
-    message = str(err).strip()
-    if "Original Traceback" in message:
-        last = message.splitlines()[-1]
-        name, sep, rest = last.partition(": ")
-        message = rest if sep and "." in name or name.endswith("Error") else last
-    return message.splitlines()[0] if message else type(err).__name__
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    if not any(line.startswith("Original Traceback") for line in lines):
+        return lines[0]
+    # the traceback's last line: "package.module.ErrorClass: message"
+    name, _, message = lines[-1].partition(": ")
+    return message if message and name.endswith(type(err).__name__) else lines[-1]
 
 
 def expected_errors():

@@ -176,6 +176,8 @@ def check_evaluation_inputs(
     Accepts torch tensors and numpy arrays, like PML.
     """
     sets = [("query", query, query_labels, "query_labels")]
+    if reference is query and reference_labels is query_labels:
+        reference = reference_labels = None  # PML's self-retrieval: check it once
     if reference is not None:
         sets.append(("reference", reference, reference_labels, "reference_labels"))
     for name, embeddings, _, _ in sets:

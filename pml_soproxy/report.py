@@ -34,8 +34,6 @@ def proxy_cosine_stats(proxies: torch.Tensor, chunk: int = 2048) -> Dict[str, An
 def describe_pretrained(pretrained) -> str:
     if not pretrained:
         return "unknown starting weights"
-    if isinstance(pretrained, str):
-        return pretrained
     if pretrained["kind"] == "random init":
         return "random init"
     return f"{pretrained['kind']} {pretrained['path']}"

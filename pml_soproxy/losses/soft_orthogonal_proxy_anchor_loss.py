@@ -45,9 +45,7 @@ class SoftOrthogonalProxyAnchorLoss(ProxyAnchorLoss):
         )
         self.embedding_size = embedding_size
         self.so_weight = so_weight
-        self.add_to_recordable_attributes(
-            list_of_names=["embedding_size", "so_weight"], is_stat=False
-        )
+        self.add_to_recordable_attributes(name="so_weight", is_stat=False)
 
     def forward(
         self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None

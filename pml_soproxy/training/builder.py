@@ -7,23 +7,16 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
 from ..device import AutocastTrunk, autocast_dtype, grad_scaler
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, recall_at
 
 #: query and reference splits of the test evaluation, where not "test" vs "test"
 TEST_SPLITS = {"inshop": ("query", ["gallery"])}
-DEFAULT_RECALL_AT = (1, 2, 4, 8)
-
-
-def recall_at(config: TrainConfig) -> Tuple[int, ...]:
-    from ..evaluation import RECALL_AT_K
-
-    return tuple(config.recall_at or RECALL_AT_K.get(config.dataset, DEFAULT_RECALL_AT))
 
 
 def create_dataset(config: TrainConfig, split: str, transform=None):

@@ -118,7 +118,8 @@ def save_checkpoint(path: str, state: Dict[str, Any], meta: Dict):
 #################
 
 
-def _refuse_pickle(path: str, err: Exception) -> CheckpointError:
+def refuse_pickle(path: str) -> CheckpointError:
+    """The sentence for a file that holds pickled objects (it is never loaded)."""
     names = []
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -155,14 +156,14 @@ def load_checkpoint(path: str, mmap: bool = False) -> Dict[str, Any]:
     is built)."""
     _check_file(path)
     if os.path.basename(path) in OLD_FILES:
-        raise _refuse_pickle(path, None)
+        raise refuse_pickle(path)
     if not zipfile.is_zipfile(path):
         raise _not_a_checkpoint(path, "not a torch zip archive; truncated or another "
                                 "format")  # fmt: skip
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        raise _refuse_pickle(path, err) from None
+    except pickle.UnpicklingError:
+        raise refuse_pickle(path) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
         raise _not_a_checkpoint(path, f"unreadable: {str(err).splitlines()[0]}")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -211,7 +212,7 @@ def load_run_file(path: str) -> Dict[str, Any]:
                 return load_run_file(os.path.join(path, name))
         old = [n for n in OLD_FILES if os.path.isfile(os.path.join(path, n))]
         if old:
-            raise _refuse_pickle(os.path.join(path, old[0]), None)
+            raise refuse_pickle(os.path.join(path, old[0]))
         raise FileNotFoundError(
             f"{path} holds no {BEST_WEIGHTS} or {CHECKPOINT}: is it a run folder of "
             "pml-soproxy train?"

@@ -19,6 +19,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from ..datasets.base import DEFAULT_MAX_IMAGE_PIXELS
+
 DATASET_NAMES = ("cub200", "cars196", "sop", "inshop", "folder", "digits")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: keys accepted for backward compatibility: old name -> (new name, advice)
@@ -190,7 +192,7 @@ class TrainConfig:
         0, "random seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"
     )
     max_image_pixels: Optional[int] = option(
-        89_478_485,
+        DEFAULT_MAX_IMAGE_PIXELS,
         "refuse images with more pixels than this (decompression-bomb guard)",
         _int_at_least(1),
         "an integer >= 1, or null for no limit",
@@ -227,17 +229,7 @@ def flag_name(key: str) -> str:
 ###########################
 
 
-class Source:
-    """Where a value came from, for error messages."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __str__(self):
-        return self.text
-
-
-DEFAULT = Source("the default")
+DEFAULT = "the default"  # the source of a value no layer set
 
 
 def _type_error(key, value, source, allowed):
@@ -255,7 +247,7 @@ def _base_type(annotation) -> Tuple[Any, bool]:
     return annotation, False
 
 
-def _coerce(key: str, value: Any, source: Source) -> Any:
+def _coerce(key: str, value: Any, source: str) -> Any:
     """Check ``value``'s type against the schema; returns the typed value."""
     f = SCHEMA[key]
     kind, optional = _base_type(f.type)
@@ -300,7 +292,7 @@ def _coerce(key: str, value: Any, source: Source) -> Any:
     raise TypeError(f"schema type {f.type} of {key} is not handled")  # a bug
 
 
-def check_value(key: str, value: Any, source: Source) -> Any:
+def check_value(key: str, value: Any, source: str) -> Any:
     value = _coerce(key, value, source)
     check = SCHEMA[key].metadata["check"]
     if value is not None and check is not None and not check(value):
@@ -308,7 +300,7 @@ def check_value(key: str, value: Any, source: Source) -> Any:
     return value
 
 
-def unknown_key_error(key: str, source: Source) -> ConfigError:
+def unknown_key_error(key: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, list(SCHEMA) + list(DEPRECATED_KEYS), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return ConfigError(
@@ -322,8 +314,8 @@ def unknown_key_error(key: str, source: Source) -> ConfigError:
 ####################
 
 
-def read_yaml(path: Path, label: Optional[str] = None) -> Dict[str, Tuple[Any, Source]]:
-    """A YAML mapping of config keys as ``{key: (value, Source("file, line N"))}``.
+def read_yaml(path: Path, label: Optional[str] = None) -> Dict[str, Tuple[Any, str]]:
+    """A YAML mapping of config keys as ``{key: (value, "file, line N")}``.
 
     Syntax errors, duplicate keys and non-mapping documents name the file and line.
     """
@@ -361,7 +353,7 @@ def read_yaml(path: Path, label: Optional[str] = None) -> Dict[str, Tuple[Any, S
             )
         lines[key] = line
     for key, value in values.items():
-        out[str(key)] = (value, Source(f"{label}, line {lines.get(str(key), '?')}"))
+        out[str(key)] = (value, f"{label}, line {lines.get(str(key), '?')}")
     return out
 
 
@@ -374,7 +366,7 @@ def preset_names() -> List[str]:
                   if p.name.endswith(".yaml"))  # fmt: skip
 
 
-def read_layer(name: str) -> Dict[str, Tuple[Any, Source]]:
+def read_layer(name: str) -> Dict[str, Tuple[Any, str]]:
     """A preset name (``tiny-cpu``) or a YAML file path."""
     preset = packaged_configs() / "presets" / f"{name}.yaml"
     if preset.is_file():
@@ -395,7 +387,7 @@ def read_layer(name: str) -> Dict[str, Tuple[Any, Source]]:
 @dataclass
 class ResolvedConfig:
     config: TrainConfig
-    sources: Dict[str, Source]
+    sources: Dict[str, str]
     warnings: List[str]
 
 
@@ -414,20 +406,16 @@ def resolve_config(
         raise ConfigError(
             f"unknown dataset {dataset!r}{hint} Datasets: {', '.join(DATASET_NAMES)}"
         )
-    layers: List[Dict[str, Tuple[Any, Source]]] = []
+    layers: List[Dict[str, Tuple[Any, str]]] = []
     dataset_file = packaged_configs() / f"{dataset}.yaml"
     if dataset_file.is_file():
         layers.append(read_yaml(dataset_file, f"{dataset}.yaml ({dataset_file})"))
     layers += [read_layer(name) for name in extra_configs]
     layers.append(
-        {
-            k: (v, Source(flag_source(k)))
-            for k, v in (overrides or {}).items()
-            if v is not None
-        }
+        {k: (v, flag_source(k)) for k, v in (overrides or {}).items() if v is not None}
     )
     values: Dict[str, Any] = {k: default_value(f) for k, f in SCHEMA.items()}
-    sources: Dict[str, Source] = {k: DEFAULT for k in SCHEMA}
+    sources: Dict[str, str] = {k: DEFAULT for k in SCHEMA}
     warnings: List[str] = []
     for layer in layers:
         for key, (value, source) in layer.items():
@@ -461,8 +449,9 @@ def load_config(
 
 
 def config_from_dict(values: Mapping[str, Any], source: str) -> TrainConfig:
-    """A config saved in a run (JSON), checked like any other."""
-    src = Source(source)
+    """A config saved in a run (JSON), checked like any other, except that its
+    starting weights need not exist any more (the run's own weights replace them)."""
+    src = source
     checked = {}
     for key, value in values.items():
         if key in DEPRECATED_KEYS:
@@ -471,18 +460,26 @@ def config_from_dict(values: Mapping[str, Any], source: str) -> TrainConfig:
             raise unknown_key_error(key, src)
         checked[key] = check_value(key, value, src) if key != "dataset" else value
     config = TrainConfig(**checked)
-    check_combinations(config, {k: src for k in SCHEMA})
+    check_combinations(config, {k: src for k in SCHEMA}, check_files=False)
     return config
 
 
+def recall_at(config: TrainConfig) -> Tuple[int, ...]:
+    """The Recall@K cut-offs: ``recall_at``, else the dataset's standard K set."""
+    from ..evaluation import RECALL_AT_K
+
+    return tuple(config.recall_at or RECALL_AT_K.get(config.dataset, (1, 2, 4, 8)))
+
+
 def _metric_names(config: TrainConfig) -> List[str]:
-    from ..evaluation import DEFAULT_EXTRA_METRICS, RECALL_AT_K, recall_metric_names
+    from ..evaluation import DEFAULT_EXTRA_METRICS, recall_metric_names
 
-    recall_at = config.recall_at or RECALL_AT_K.get(config.dataset, (1, 2, 4, 8))
-    return list(recall_metric_names(recall_at)) + list(DEFAULT_EXTRA_METRICS)
+    return list(recall_metric_names(recall_at(config))) + list(DEFAULT_EXTRA_METRICS)
 
 
-def check_combinations(config: TrainConfig, sources: Mapping[str, Source]):
+def check_combinations(
+    config: TrainConfig, sources: Mapping[str, str], check_files: bool = True
+):
     """Checks that involve more than one key."""
 
     def where(*keys):
@@ -507,8 +504,10 @@ def check_combinations(config: TrainConfig, sources: Mapping[str, Source]):
             f"pretrained_weights and random_init exclude each other "
             f"({where('pretrained_weights', 'random_init')}): pass one of them"
         )
-    if config.pretrained_weights is not None and not os.path.isfile(
-        os.path.expanduser(config.pretrained_weights)
+    if (
+        check_files
+        and config.pretrained_weights is not None
+        and not os.path.isfile(os.path.expanduser(config.pretrained_weights))
     ):
         raise ConfigError(
             f"config key 'pretrained_weights': no file at {config.pretrained_weights} "

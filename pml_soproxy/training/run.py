@@ -69,7 +69,7 @@ def check_folder(config: TrainConfig, resume: bool, overwrite: bool) -> Optional
     if not os.path.isfile(path):
         old = [n for n in checkpoints.OLD_FILES if n in existing]
         if old:
-            checkpoints.load_checkpoint(os.path.join(folder, old[0]))  # refuses
+            raise checkpoints.refuse_pickle(os.path.join(folder, old[0]))
         raise ConfigError(
             f"--resume: there is no {checkpoints.CHECKPOINT} in {folder}; run without "
             "--resume to start a new run there"
@@ -99,8 +99,7 @@ def remove_run_files(folder: str):
     for name in names:
         if os.path.isfile(os.path.join(folder, name)):
             os.remove(os.path.join(folder, name))
-    for sub in ("logs",):
-        shutil.rmtree(os.path.join(folder, sub), ignore_errors=True)
+    shutil.rmtree(os.path.join(folder, "logs"), ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -142,8 +141,9 @@ class Run:
         self.data = builder.build_data(config)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         builder.check_data_fits(config, self.data, self.world_size)
+        self.fingerprint = self.data.fingerprint()  # saved with every checkpoint
         if self.meta is not None:
-            saved, now = self.meta["data"], self.data.fingerprint()
+            saved, now = self.meta["data"], self.fingerprint
             if saved != now:
                 raise ConfigError(
                     f"--resume: the training data differ from the checkpoint's "
@@ -227,7 +227,7 @@ class Run:
             "history": self.history,
             "selection": self.selection.state_dict(),
             "proxy_cosines_init": self.proxy_cosines_init,
-            "data": self.data.fingerprint(),
+            "data": self.fingerprint,
             "world_size": self.world_size,
             "pretrained": self.pretrained,
             "pml_soproxy": __version__,

@@ -88,8 +88,12 @@ class SOProxyTrainer(trainers.MetricLossOnly):
                 )
                 last = self.iteration + 1 == self.iterations_per_epoch
                 if (self.iteration + 1) % self.log_every == 0 or last:
-                    self.check_finite(first_bad)  # the one device read
-                    bar.set_postfix(loss=f"{loss.item() / self.world_size:.4f}")
+                    # the one device read: first bad iteration and the current loss
+                    bad, value = torch.stack(
+                        [first_bad.double(), loss.double()]
+                    ).tolist()
+                    self.check_finite(int(bad))
+                    bar.set_postfix(loss=f"{value / self.world_size:.4f}")
                     self.end_of_iteration_hook(self)
                 self.step_lr_schedulers(end_of_epoch=False)
             self.step_lr_schedulers(end_of_epoch=True)
@@ -98,8 +102,8 @@ class SOProxyTrainer(trainers.MetricLossOnly):
             if self.end_of_epoch_hook(self) is False:
                 break
 
-    def check_finite(self, first_bad):
-        bad = int(first_bad.item())
+    def check_finite(self, bad: int):
+        """``bad``: the first iteration (0-based) with a non-finite loss, or -1."""
         if bad >= 0:
             raise NonFiniteLossError(
                 self.on_nonfinite(self.epoch, bad + 1, self.iterations_per_epoch)

@@ -93,3 +93,5 @@ def test_results_record_the_starting_weights(tmp_path):
     recorded = json.loads((out / "results.json").read_text())["pretrained_weights"]
     assert recorded["kind"] == "file" and recorded["path"] == str(weights)
     assert len(recorded["sha256"]) == 64
+    weights.unlink()  # evaluation needs the run's weights, not the starting ones
+    assert cli.main(["evaluate", "--checkpoint", str(out), "--device", "cpu"]) == 0
