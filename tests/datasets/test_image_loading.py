@@ -87,16 +87,21 @@ def test_16bit_grey_ramp(tmp_path, ext):
     assert saturated(image) < 0.01
 
 
+def assert_scaled(path, mode, values, full_scale):
+    """``path`` opens in ``mode`` and loads as ``values`` scaled to 8 bits."""
+    with Image.open(path) as raw:
+        assert raw.mode == mode
+    image = load_rgb(str(path))
+    assert_close(image, reference8(values, full_scale))
+    assert saturated(image) < 0.01
+
+
 def test_16bit_pgm_opens_as_mode_I(tmp_path):
     """Pillow opens 16-bit PGMs (and 16-bit PNGs in older versions) as mode "I"."""
     values = ramp16(4, 512)
     path = tmp_path / "ramp.pgm"
     path.write_bytes(b"P5\n512 4\n65535\n" + values.astype(">u2").tobytes())
-    with Image.open(path) as raw:
-        assert raw.mode == "I"
-    image = load_rgb(str(path))
-    assert_close(image, reference8(values, 65535))
-    assert saturated(image) < 0.01
+    assert_scaled(path, "I", values, 65535)
 
 
 def test_pgm_with_12bit_maxval(tmp_path):
@@ -118,11 +123,7 @@ def test_float_tiff_in_unit_range(tmp_path):
     values = np.linspace(0.0, 1.0, 16 * 256, dtype=np.float32).reshape(16, 256)
     path = tmp_path / "unit.tif"
     Image.fromarray(values).save(path)
-    with Image.open(path) as raw:
-        assert raw.mode == "F"
-    image = load_rgb(str(path))
-    assert_close(image, reference8(values, 1.0))
-    assert saturated(image) < 0.01
+    assert_scaled(path, "F", values, 1.0)
 
 
 def test_float_tiff_outside_unit_range_is_min_max_scaled(tmp_path):

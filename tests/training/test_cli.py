@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pml_soproxy import cli
-from pml_soproxy.training import Run
+from pml_soproxy.training import Run, builder, train
 
 from .helpers import TRAIN_FLAGS, config
 
@@ -17,6 +17,29 @@ def test_validation_classes_are_carved_from_training_classes(tmp_path):
     assert train_classes.isdisjoint(val_classes)
     assert train_classes | val_classes == set(range(5))  # digits 0-4, never 5-9
     assert run.loss.num_classes == len(train_classes)
+
+
+def test_selection_uses_validation_and_the_test_split_is_read_once_at_the_end(
+    tmp_path, monkeypatch
+):
+    seen, epochs = [], []
+    create, end_of_epoch = builder.create_dataset, Run.end_of_epoch
+
+    def recording(config, split, transform=None):
+        seen.append((split, len(epochs)))
+        return create(config, split, transform)
+
+    def counting(self, trainer):
+        epochs.append(trainer.epoch)
+        return end_of_epoch(self, trainer)
+
+    monkeypatch.setattr(builder, "create_dataset", recording)
+    monkeypatch.setattr(Run, "end_of_epoch", counting)
+    results = train(config(tmp_path))
+    assert seen == [("train", 0), ("test", 3)]  # val is carved from train
+    validation = [h["precision_at_1"] for h in results["history"]]
+    assert results["best_epoch"] == 1 + validation.index(max(validation))
+    assert results["selected"].startswith(f"epoch {results['best_epoch']} ")
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ def test_every_bad_value_is_one_sentence_naming_key_value_and_source(key, value)
     assert "\n" not in message
 
 
-def test_every_schema_key_has_a_check_or_a_type_and_a_flag():
+def test_every_schema_key_has_help_and_a_flag():
     parser = argparse.ArgumentParser()
     schema.add_config_arguments(parser)
     flags = {a.dest for a in parser._actions}
