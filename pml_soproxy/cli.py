@@ -235,8 +235,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     args = build_parser().parse_args(argv)
     rank = os.environ.get("RANK", "0")
+    func = args.func
+    from .distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        # under torchrun: an unexpected error's traceback reaches torchrun's summary
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        func = record(func)
     try:
-        return args.func(args)
+        return func(args)
     except KeyboardInterrupt:
         if args.command in ("train", "demo") and rank == "0":
             from .training.run import interrupted_message

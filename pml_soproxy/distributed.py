@@ -49,8 +49,14 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def launched_world_size() -> int:
+    """The process count torchrun announces (1 without torchrun), known before the
+    process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched_world_size() > 1
 
 
 def init_from_environment(

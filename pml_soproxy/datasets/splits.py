@@ -28,7 +28,8 @@ def class_disjoint_split(
     classes = np.unique(labels)
     if len(classes) < 2:
         raise ValueError(
-            f"class_disjoint_split: need at least 2 classes, got {len(classes)}"
+            f"class_disjoint_split: need at least 2 classes, got {len(classes)} "
+            "(without a validation carve-out, select the last epoch: val_fraction 0)"
         )
     if num_val_classes is None:
         if not 0.0 < val_fraction < 1.0:

@@ -65,11 +65,6 @@ def build_data(config: TrainConfig) -> Data:
 
     full = create_dataset(config, "train")
     if config.val_fraction > 0:
-        if full.num_classes < 2:
-            raise ConfigError(
-                f"{config.dataset}: the training split has {full.num_classes} class; "
-                "a validation carve-out needs 2 or more (set val_fraction: 0)"
-            )
         train, val = train_val_split(full, config.val_fraction, seed=config.seed)
     else:
         train, val = ClassSubset(full, np.arange(len(full)), split="train"), None

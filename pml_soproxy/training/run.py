@@ -75,7 +75,7 @@ def check_folder(config: TrainConfig, resume: bool, overwrite: bool) -> Optional
             "--resume to start a new run there"
         )
     meta = checkpoints.read_meta(path)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = distributed.launched_world_size()
     if meta["world_size"] != world:
         raise ConfigError(
             f"--resume: {path} was written by {meta['world_size']} process(es), this "
@@ -139,7 +139,7 @@ class Run:
         self.config = config
         self.meta = check_folder(config, resume, overwrite)
         self.data = builder.build_data(config)
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.world_size = distributed.launched_world_size()
         builder.check_data_fits(config, self.data, self.world_size)
         self.fingerprint = self.data.fingerprint()  # saved with every checkpoint
         if self.meta is not None:
