@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(demo, dataset_default="digits")
     demo.set_defaults(func=cmd_demo)
 
+    from .retrieval.commands import add_parsers as add_retrieval_parsers
+
+    add_retrieval_parsers(sub)  # embed, index, search, export
+
     benchmark = sub.add_parser(
         "benchmark",
         help="powerful-benchmarker (MLRC protocol) with our loss; see the README",
