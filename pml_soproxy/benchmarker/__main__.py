@@ -7,7 +7,7 @@ from .runner import PROG, main
 if __name__ == "__main__":
     try:
         main()
-    except (RuntimeError, FileNotFoundError) as err:
+    except (RuntimeError, OSError, ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.exit(0)
