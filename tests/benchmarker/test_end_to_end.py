@@ -148,3 +148,42 @@ def test_train_and_evaluate(dataset, tmp_path):
     check_experiment(tmp_path, dataset, "val")
     runner.main(["--evaluate", "--splits_to_eval", "[test]"] + common_flags(tmp_path))
     check_experiment(tmp_path, dataset, "test")
+
+
+#: every loss preset ("baseline" is proxy_anchor under its old name) and the shape
+#: of the class weights its PML class keeps, for 2 training classes and 16-d
+LOSS_WEIGHTS = {
+    "proxy_anchor": ("proxies", (2, 16)),
+    "proxy_nca": ("proxies", (2, 16)),
+    "normalized_softmax": ("W", (16, 2)),
+    "soft_triple": ("fc", (16, 2 * 10)),
+    "arcface": ("W", (16, 2)),
+    "cosface": ("W", (16, 2)),
+}
+
+
+@pytest.mark.parametrize("so", [False, True])
+@pytest.mark.parametrize("loss", sorted(LOSS_WEIGHTS))
+def test_every_loss_with_and_without_so(loss, so, tmp_path):
+    """One fold, two iterations per loss preset, the presets given in another order
+    than dataset first; the class weights are optimised at the proxies' 100x lr."""
+    if not (tmp_path / "data").exists():
+        make_tree("cub200", tmp_path / "data")
+    preset = f"so_{loss}" if so else loss
+    mean = runner.main(  # one fold: PB returns its value, no standard error
+        ["--preset", preset, "--preset", "cpu_smoke", "--preset", "cub200",
+         "--split_manager~APPLY~2", "{num_training_sets:", "1}"]
+        + common_flags(tmp_path)
+    )  # fmt: skip
+    assert 0 <= mean <= 1
+    folder = tmp_path / "experiments" / "e"
+    saved = (folder / "configs" / "config_loss_and_miners.yaml").read_text()
+    assert ("SoftOrthogonalityRegularizer" in saved or "so_weight" in saved) == so
+    models = folder / FOLDS[0] / "saved_models"
+    name, shape = LOSS_WEIGHTS[loss]
+    weights = torch.load(models / "metric_loss_1.pth", weights_only=True)
+    assert tuple(weights[name].shape) == shape
+    optimizer = torch.load(models / "metric_loss_optimizer_1.pth", weights_only=True)
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(0.01)
+    (state,) = optimizer["state"].values()  # one parameter, stepped
+    assert state["step"] == 2 and torch.count_nonzero(state["exp_avg"]) > 0
