@@ -7,14 +7,13 @@ import os
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from .base import ImageLoadError, one_line, show_path
+from .base import ImageLoadError, WrapsDataset, one_line, show_path
 
 logger = logging.getLogger(__name__)
 
 
-class SkipBadImages(Dataset):
+class SkipBadImages(WrapsDataset):
     """``dataset`` with unreadable images replaced by another image of their class.
 
     ``self[i]`` is ``dataset[i]``; when that raises :class:`ImageLoadError`,
@@ -49,17 +48,6 @@ class SkipBadImages(Dataset):
             for c, members in zip(classes.tolist(), np.split(order, starts[1:]))
         }
         self._labels = labels
-
-    # Attribute forwarding. ``dataset`` is looked up in ``__dict__`` so that a
-    # half-built instance (unpickling, copy) raises AttributeError, not recursion.
-    def __getattr__(self, name):
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)
-        try:
-            dataset = self.__dict__["dataset"]
-        except KeyError:
-            raise AttributeError(name) from None
-        return getattr(dataset, name)
 
     def __getstate__(self):
         return dict(self.__dict__)

@@ -518,3 +518,19 @@ class ImageListDataset(Dataset):
             f"{self.name}(split={self.split!r}, images={len(self)}, "
             f"classes={self.num_classes}, root={self.root!r})"
         )
+
+
+class WrapsDataset(Dataset):
+    """A dataset that wraps ``self.dataset`` and forwards every other attribute to it
+    (``labels``, ``class_names``, ``paths`` ...). ``dataset`` is looked up in
+    ``__dict__`` so that a half-built instance (unpickling, copy) raises
+    AttributeError, not recursion."""
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        try:
+            dataset = self.__dict__["dataset"]
+        except KeyError:
+            raise AttributeError(name) from None
+        return getattr(dataset, name)
