@@ -74,6 +74,18 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def high_water_rss_bytes():
+    """Peak resident set size of this process's own memory (VmHWM). Unlike
+    ``ru_maxrss``, which a child started by subprocess inherits from its parent's
+    size at the fork (Linux keeps it across exec), this starts afresh at exec, so
+    ``high_water_rss_bytes() - rss_bytes()`` measures the child's work alone."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return peak_rss_bytes()
+
+
 def synchronize(device):
     device = torch.device(device)
     if device.type == "cuda":

@@ -18,6 +18,13 @@ raised to ``max(recall_at)`` (and to what MAP@R / R-precision need) and only cap
 at the number of available reference items. With fewer reference items than K,
 recall@K is computed over all of them, which is the exact value (a query that is
 not lone has a same-class item somewhere in the reference set).
+
+The exact kNN search runs over the queries in chunks (:func:`chunked_knn`): of each
+chunk only the rank of the first same-class neighbour (all Recall@K need) and the
+first few neighbour labels (R = the largest class, all MAP@R, R-precision and
+precision@1 need) are kept, so memory is O(chunk x K + N x R) instead of PML's
+O(N x K). faiss does the search on the CPU, faiss-gpu on a GPU when installed, else
+an exact matmul + top-k on the GPU (:func:`knn_backend`, the one place that decides).
 """
 
 import functools
@@ -29,8 +36,12 @@ import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.accuracy_calculator import (
     AccuracyCalculator,
+    get_label_match_counts,
+    get_lone_query_labels,
     maybe_get_avg_of_avgs,
+    mean_reciprocal_rank,
     nan_accuracy,
+    precision_at_k,
 )
 
 __all__ = [
@@ -40,6 +51,8 @@ __all__ = [
     "recall_metric_names",
     "check_evaluation_inputs",
     "first_hit_rank",
+    "knn_backend",
+    "chunked_knn",
     "evaluate_query_gallery",
     "format_accuracies",
 ]
@@ -64,6 +77,14 @@ _RECALL_PREFIX = "recall_at_"
 _R_METRICS = ("mean_average_precision_at_r", "r_precision")
 _NO_HIT = torch.iinfo(torch.long).max
 _CHUNK_ROWS = 16384
+#: query rows per search chunk; a multiple of faiss's own query block (4096), so
+#: that the chunked faiss search returns bit for bit what one whole search would
+DEFAULT_CHUNK_SIZE = 4096
+KNN_BACKENDS = ("auto", "faiss", "faiss-gpu", "torch")
+#: the largest k that faiss's GPU search accepts
+_FAISS_GPU_MAX_K = 2048
+#: bytes of one (query rows x reference items) score block of the torch search
+_SCORE_BLOCK_BYTES = {"cuda": 2**29, "cpu": 2**28}
 
 
 def _validate_recall_at(recall_at: Union[int, Iterable[int]]) -> Tuple[int, ...]:
@@ -115,6 +136,185 @@ def same_label(a, b):
     O(N) memory. Same counts, same metrics (tested against PML's own calculator).
     """
     return a == b
+
+
+def _faiss():
+    """The faiss module with its torch wrappers (CPU tensors in, tensors out), or
+    None without faiss."""
+    try:
+        import faiss
+        import faiss.contrib.torch_utils  # noqa: F401
+    except ImportError:
+        return None
+    return faiss
+
+
+def _no_pml_knn(*args, **kwargs):
+    raise NotImplementedError("RecallAtKCalculator searches with its knn_backend")
+
+
+def knn_backend(device, requested: str = "auto") -> str:
+    """The kNN search for embeddings on ``device``: the one place that decides.
+
+    ``"auto"``: faiss on the CPU; on CUDA faiss-gpu when the installed faiss has
+    GPUs, else ``"torch"`` (an exact matmul + top-k on the GPU, so that the search
+    never falls back to the CPU for want of faiss-gpu). Without faiss at all,
+    ``"torch"`` everywhere. An explicit choice is checked, not second-guessed.
+    """
+    device = torch.device(device)
+    if requested not in KNN_BACKENDS:
+        raise ValueError(
+            f"knn_backend must be one of {KNN_BACKENDS}, got {requested!r}"
+        )
+    faiss = _faiss()
+    if requested in ("faiss", "faiss-gpu") and faiss is None:
+        raise ValueError(
+            f"knn_backend={requested!r} needs faiss: pip install faiss-cpu (or "
+            "faiss-gpu), or use knn_backend='torch'"
+        )
+    if requested == "faiss-gpu" and (device.type != "cuda" or faiss.get_num_gpus() < 1):
+        raise ValueError(
+            "knn_backend='faiss-gpu' needs CUDA embeddings and a faiss build with "
+            f"GPUs (device {device}, faiss sees {faiss.get_num_gpus()} GPUs); use "
+            "knn_backend='auto'"
+        )
+    if requested != "auto":
+        return requested
+    if faiss is None:
+        return "torch"
+    if device.type == "cuda":
+        return "faiss-gpu" if faiss.get_num_gpus() > 0 else "torch"
+    return "faiss"
+
+
+def _search_faiss(query, reference, k, gpu):
+    faiss = _faiss()
+    if not gpu:
+        # faiss.knn, not an index: no copy of the reference; same kernel
+        # (knn_L2sqr) as PML's FaissKNN with IndexFlatL2, so the same neighbours
+        return faiss.knn(query.contiguous(), reference, k, metric=faiss.METRIC_L2)
+    if not hasattr(_search_faiss, "resources"):
+        _search_faiss.resources = faiss.StandardGpuResources()
+    return faiss.knn_gpu(
+        _search_faiss.resources,
+        query.contiguous(),
+        reference,
+        k,
+        metric=faiss.METRIC_L2,
+        device=query.device.index or 0,
+    )
+
+
+def _search_torch(query, reference, reference_sq_norms, k):
+    # squared L2 distances as faiss computes them (|q|^2 + |r|^2 - 2 q.r), so that
+    # unnormalised embeddings rank as with PML's FaissKNN (IndexFlatL2)
+    distances = torch.addmm(reference_sq_norms, query, reference.t(), alpha=-2)
+    distances += (query * query).sum(dim=1, keepdim=True)
+    return torch.topk(distances, k, dim=1, largest=False, sorted=True)
+
+
+def _drop_self(distances, indices, start):
+    """PML's ``return_results`` for rows ``start...`` of the query set: drop each
+    query's own index, or the last column where the query is not among its
+    neighbours (several exact duplicates)."""
+    rows, width = indices.shape
+    own = torch.arange(start, start + rows, device=indices.device)[:, None]
+    is_self = indices == own
+    dropped = torch.where(
+        is_self.any(dim=1), is_self.to(torch.uint8).argmax(dim=1), width - 1
+    )
+    # the columns left of the dropped one, then those right of it (a gather is
+    # much faster than boolean-mask indexing here)
+    columns = torch.arange(width - 1, device=indices.device)[None, :]
+    columns = columns + (columns >= dropped[:, None])
+    return distances.gather(1, columns), indices.gather(1, columns)
+
+
+def chunked_knn(
+    query,
+    reference,
+    k: int,
+    ref_includes_query: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    backend: str = "auto",
+):
+    """Exact k nearest reference items (squared L2) of each query, chunk by chunk.
+
+    Yields ``(start, distances, indices)`` for the query rows ``start:start + n``,
+    each ``(n, k)``, nearest first. With ``ref_includes_query`` the first
+    ``len(query)`` reference rows are the queries and each query's own row is
+    excluded (PML's convention). Memory per chunk: ``chunk_size x (k + 1)``
+    distances and indices (12 bytes each), plus for the ``"torch"`` backend a score
+    block of ``(rows, len(reference))`` float32 with ``rows <= chunk_size`` chosen
+    so that the block stays under 256 MiB on the CPU and 512 MiB on CUDA.
+    """
+    backend = knn_backend(query.device, backend)
+    search_k = k + int(ref_includes_query)
+    if backend == "faiss-gpu" and search_k > _FAISS_GPU_MAX_K:
+        backend = "torch"  # faiss's GPU search has no k this large
+    reference = reference.contiguous()
+    if backend == "faiss":
+        reference = reference.cpu()  # faiss's CPU search (a no-op for CPU tensors)
+    rows = max(1, int(chunk_size))
+    if backend == "torch":
+        block = _SCORE_BLOCK_BYTES["cuda" if query.is_cuda else "cpu"]
+        rows = max(1, min(rows, block // (4 * len(reference))))
+        reference_sq_norms = (reference * reference).sum(dim=1)
+    for start in range(0, len(query), rows):
+        chunk = query[start : start + rows]
+        if backend == "torch":
+            distances, indices = _search_torch(
+                chunk, reference, reference_sq_norms, search_k
+            )
+        else:
+            distances, indices = _search_faiss(
+                chunk if backend == "faiss-gpu" else chunk.cpu(),
+                reference,
+                search_k,
+                gpu=backend == "faiss-gpu",
+            )
+            distances = distances.to(query.device)
+            indices = indices.to(query.device)
+        if ref_includes_query:
+            distances, indices = _drop_self(distances, indices, start)
+        yield start, distances, indices
+
+
+def _label_statistics(query_labels, reference_labels, ref_includes_query):
+    """PML's ``label_counts``, ``lone_query_labels`` and ``not_lone_query_mask``
+    for 1-D labels compared by equality, plus each query's number of relevant
+    reference items, from one sort: PML finds them with one pass over the
+    reference labels per class (about 15 s at SOP test scale, 11,316 classes)."""
+    unique, inverse = torch.unique(query_labels, return_inverse=True)
+    ordered = torch.sort(reference_labels).values
+    counts = torch.searchsorted(ordered, unique, right=True) - torch.searchsorted(
+        ordered, unique
+    )
+    relevant = counts[inverse] - int(ref_includes_query)
+    lone = unique[counts - int(ref_includes_query) <= 0]
+    return (unique, counts), lone, relevant > 0, relevant
+
+
+def _precision_per_query(same, relevant, metric):
+    """PML's ``r_precision`` / ``mean_average_precision`` (``at_r`` or not), the
+    same float64 arithmetic, with the relevance mask built in one comparison: PML
+    builds it with one pass over the queries per class (about 60 s for MAP@R at
+    SOP test scale)."""
+    width = same.shape[1]
+    positions = torch.arange(1, width + 1, device=same.device)
+    relevance_mask = positions[None, :] <= relevant[:, None]
+    if metric == "r_precision":
+        matches = torch.sum(same * relevance_mask, dim=1)
+        return matches.type(torch.float64) / torch.sum(relevance_mask, dim=1)
+    if metric == "mean_average_precision_at_r":
+        knn_mask = relevance_mask
+    else:
+        knn_mask = torch.ones_like(relevance_mask)
+    equality = same * knn_mask
+    cumulative_correct = torch.cumsum(equality, dim=1)
+    precision_at_ks = (cumulative_correct * equality).type(torch.float64) / positions
+    summed_precision = torch.sum(precision_at_ks * knn_mask, dim=1)
+    return summed_precision / relevant
 
 
 def _shape(x) -> Tuple[int, ...]:
@@ -213,8 +413,32 @@ class RecallAtKCalculator(AccuracyCalculator):
         include: metric names; ``None`` (default) means all ``recall_at_*`` plus
             ``DEFAULT_EXTRA_METRICS``; ``()`` means every metric, as in PML
             (including the clustering metrics NMI/AMI).
+        chunk_size: query rows per kNN search chunk (see below); ``None`` searches
+            all queries at once through PML's ``knn_func`` (PML's own path).
+        knn_backend: ``"auto"`` (see :func:`knn_backend`), ``"faiss"``,
+            ``"faiss-gpu"`` or ``"torch"``.
         exclude, **accuracy_calculator_kwargs: passed to ``AccuracyCalculator``
             (``avg_of_avgs``, ``return_per_class``, ``knn_func``, ``device``, ...).
+            A ``knn_func`` of your own is called once on all queries, as in PML.
+
+    Memory: O(chunk_size x k + N x W). With the default search (no ``knn_func`` of
+    your own), besides the inputs and their normalised float32 copies (N x D x 4
+    bytes each), one chunk of the search holds ``chunk_size x (k + 1)`` neighbour
+    indices and distances (12 bytes each; faiss's result buffers for the chunk,
+    about twice as much; dropping the query itself, a copy), and the gathered labels
+    and matches of the chunk (about 5 bytes per neighbour): about 60 bytes per
+    searched neighbour of one chunk in all. For the whole query set only
+    ``N x (8 + 8 W)`` bytes are kept: the first-hit rank and ``W`` neighbour labels
+    and distances per query, where ``W`` is 1 for precision_at_1, ``R`` (the largest
+    class size) for MAP@R and R-precision and PML's ``k`` for mean_average_precision
+    and mean_reciprocal_rank; ``k`` = the neighbours searched (``max(recall_at)`` or
+    PML's ``k`` if larger). At SOP test scale (N = 60,502 x 384, k = 1,000, W = 11,
+    chunk 4,096) that is about 250 MiB of working memory plus 89 MiB for the
+    normalised copy; ``benchmarks/bench_evaluation.py`` measures about 400 MiB above
+    the embeddings, against PML's ``N x k`` path (about 6.6 GiB). The ``"torch"`` backend adds one score block of
+    at most 256 MiB (512 MiB on CUDA). ``avg_of_avgs`` and ``return_per_class``
+    average through PML's ``maybe_get_avg_of_avgs``, which builds an
+    ``N x classes`` matrix: avoid them at SOP scale.
     """
 
     def __init__(
@@ -224,8 +448,26 @@ class RecallAtKCalculator(AccuracyCalculator):
         normalize_embeddings: bool = True,
         include: Optional[Sequence[str]] = None,
         exclude: Sequence[str] = (),
+        chunk_size: Optional[int] = DEFAULT_CHUNK_SIZE,
+        knn_backend: str = "auto",
         **accuracy_calculator_kwargs,
     ):
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool)
+            or not isinstance(chunk_size, numbers.Integral)
+            or chunk_size < 1
+        ):
+            raise ValueError(
+                f"chunk_size must be a positive integer or None, got {chunk_size!r}"
+            )
+        if knn_backend not in KNN_BACKENDS:
+            raise ValueError(
+                f"knn_backend must be one of {KNN_BACKENDS}, got {knn_backend!r}"
+            )
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.knn_backend = knn_backend
+        # a knn_func of the caller's is called as PML calls it (all queries at once)
+        self._own_knn_func = accuracy_calculator_kwargs.get("knn_func") is not None
         self.recall_at = _validate_recall_at(recall_at)
         self.recall_names = recall_metric_names(self.recall_at)
         self._k_of_name = dict(zip(self.recall_names, self.recall_at))
@@ -240,6 +482,10 @@ class RecallAtKCalculator(AccuracyCalculator):
             accuracy_calculator_kwargs["device"] = torch.device(
                 accuracy_calculator_kwargs["device"]
             )
+        if not self._own_knn_func and _faiss() is None:
+            # PML's default knn_func is a FaissKNN, which needs faiss to exist; ours
+            # searches by itself (knn_backend), so PML's is never called
+            accuracy_calculator_kwargs["knn_func"] = _no_pml_knn
         super().__init__(
             include=tuple(include), exclude=exclude, k=k, **accuracy_calculator_kwargs
         )
@@ -309,18 +555,135 @@ class RecallAtKCalculator(AccuracyCalculator):
             query = _l2_normalize(query)
             if reference is not None:
                 reference = _l2_normalize(reference)
-        return super().get_accuracy(
-            query,
-            query_labels,
-            reference,
-            reference_labels,
-            ref_includes_query,
-            include,
-            exclude,
-        )
+        arguments = (query, query_labels, reference, reference_labels)
+        if self.chunk_size is None or self._own_knn_func:
+            return super().get_accuracy(
+                *arguments, ref_includes_query, include, exclude
+            )
+        return self._chunked_accuracy(*arguments, ref_includes_query, include, exclude)
+
+    def _chunked_accuracy(
+        self,
+        query,
+        query_labels,
+        reference,
+        reference_labels,
+        ref_includes_query,
+        include,
+        exclude,
+    ):
+        # PML's get_accuracy with its one kNN search replaced by the chunked search
+        # (and its per-class loops by _label_statistics where labels allow)
+        def to_device(x):
+            return c_f.numpy_to_torch(x).to(self.device).type(torch.float)
+
+        query, query_labels = to_device(query), to_device(query_labels)
+        if reference is None:
+            reference, reference_labels, ref_includes_query = query, query_labels, True
+        else:
+            reference, reference_labels = to_device(reference), to_device(
+                reference_labels
+            )
+            if ref_includes_query and not (
+                torch.allclose(query, reference[: len(query)])
+                and torch.allclose(query_labels, reference_labels[: len(query)])
+            ):
+                raise ValueError(
+                    "ref_includes_query=True needs the first len(query) reference "
+                    "embeddings and labels to be the query embeddings and labels"
+                )
+        self.curr_function_dict = self.get_function_dict(include, exclude)
+        kwargs = {
+            "query": query,
+            "reference": reference,
+            "query_labels": query_labels,
+            "reference_labels": reference_labels,
+            "ref_includes_query": ref_includes_query,
+            "label_comparison_fn": self.label_comparison_fn,
+        }
+        metrics = self.get_curr_metrics()
+        if any(x in self.requires_knn() for x in metrics):
+            fast = query_labels.ndim == 1 and self.label_comparison_fn in (
+                same_label,
+                torch.eq,
+            )
+            if fast:
+                label_counts, lone, not_lone, relevant = _label_statistics(
+                    query_labels, reference_labels, ref_includes_query
+                )
+            else:
+                label_counts = get_label_match_counts(
+                    query_labels, reference_labels, self.label_comparison_fn
+                )
+                lone, not_lone = get_lone_query_labels(
+                    query_labels,
+                    label_counts,
+                    ref_includes_query,
+                    self.label_comparison_fn,
+                )
+                relevant = None
+            num_k = self.determine_k(
+                label_counts[1], len(reference), ref_includes_query
+            )
+            width = self._kept_columns(num_k, label_counts, ref_includes_query)
+            first = torch.empty(len(query), dtype=torch.long, device=query.device)
+            knn_labels = reference_labels.new_empty(
+                (len(query), width) + tuple(reference_labels.shape[1:])
+            )
+            knn_distances = query.new_empty((len(query), width))
+            searches = chunked_knn(
+                query,
+                reference,
+                num_k,
+                ref_includes_query,
+                self.chunk_size,
+                self.knn_backend,
+            )
+            for start, distances, indices in searches:
+                stop = start + len(indices)
+                labels = reference_labels[indices]
+                first[start:stop] = first_hit_rank(
+                    labels, query_labels[start:stop], self.label_comparison_fn
+                )
+                knn_labels[start:stop] = labels[:, :width]
+                knn_distances[start:stop] = distances[:, :width]
+                del labels, distances, indices
+            if not torch.any(not_lone):
+                c_f.LOGGER.warning("None of the query labels are in the reference set.")
+            kwargs.update(
+                label_counts=label_counts,
+                knn_labels=knn_labels,
+                knn_distances=knn_distances,
+                lone_query_labels=lone,
+                not_lone_query_mask=not_lone,
+                first_hit_rank=first,
+                relevant_counts=relevant,
+            )
+        if any(x in self.requires_clustering() for x in metrics):
+            kwargs["cluster_labels"] = self.get_cluster_labels(**kwargs)
+        return self._get_accuracy(self.curr_function_dict, **kwargs)
+
+    def _kept_columns(self, num_k, label_counts, ref_includes_query):
+        """Neighbour columns the included PML metrics read (the rest of the
+        ``num_k`` searched are only needed for the first-hit rank)."""
+        pml_k = self._pml_k if self._pml_k is not None else num_k
+        r = max(int(torch.max(label_counts[1]).item()) - int(ref_includes_query), 1)
+        needs = {
+            "precision_at_1": 1,
+            "mean_average_precision_at_r": min(pml_k, r),
+            "r_precision": min(pml_k, r),
+            "mean_average_precision": pml_k,
+            "mean_reciprocal_rank": pml_k,
+        }
+        needs.update({name: 0 for name in self.recall_names})
+        knn_metrics = [m for m in self.get_curr_metrics() if m in self.requires_knn()]
+        # a metric of a subclass gets every searched column
+        return min(num_k, max([needs.get(m, num_k) for m in knn_metrics] + [1]))
 
     def _get_accuracy(self, function_dict, **kwargs):
-        if any(name in self._k_of_name for name in function_dict):
+        if "first_hit_rank" not in kwargs and any(
+            name in self._k_of_name for name in function_dict
+        ):
             kwargs["first_hit_rank"] = first_hit_rank(
                 kwargs["knn_labels"], kwargs["query_labels"], self.label_comparison_fn
             )
@@ -354,29 +717,74 @@ class RecallAtKCalculator(AccuracyCalculator):
             width = min(width, max(r, 1))
         return knn_labels[:, :width]
 
+    # precision_at_1 and mean_reciprocal_rank: PML's, without the Python any() over
+    # the query mask in try_getting_not_lone_labels (it unbinds N 0-d tensors)
+    def calculate_precision_at_1(
+        self, knn_labels, query_labels, not_lone_query_mask, label_counts, **kwargs
+    ):
+        if not torch.any(not_lone_query_mask):
+            return nan_accuracy(label_counts[0], self.return_per_class)
+        return precision_at_k(
+            knn_labels[not_lone_query_mask],
+            query_labels[not_lone_query_mask][:, None],
+            1,
+            self.avg_of_avgs,
+            self.return_per_class,
+            self.label_comparison_fn,
+        )
+
+    def _precision_metric(self, metric, knn_labels, **kwargs):
+        # with the per-query relevant counts of _label_statistics: PML's formula
+        # without its per-class loop (_precision_per_query); else PML's own
+        relevant = kwargs.get("relevant_counts")
+        if relevant is None:
+            return getattr(super(), f"calculate_{metric}")(knn_labels, **kwargs)
+        mask, query_labels = kwargs["not_lone_query_mask"], kwargs["query_labels"]
+        if not torch.any(mask):
+            return nan_accuracy(kwargs["label_counts"][0], self.return_per_class)
+        query_labels = query_labels[mask][:, None]
+        same = self.label_comparison_fn(query_labels, knn_labels[mask])
+        return maybe_get_avg_of_avgs(
+            _precision_per_query(same, relevant[mask], metric),
+            query_labels,
+            self.avg_of_avgs,
+            self.return_per_class,
+        )
+
     def calculate_mean_average_precision_at_r(self, knn_labels, **kwargs):
         knn_labels = self._pml_columns(
             knn_labels, kwargs["label_counts"], kwargs["ref_includes_query"], True
         )
-        return super().calculate_mean_average_precision_at_r(knn_labels, **kwargs)
+        return self._precision_metric(
+            "mean_average_precision_at_r", knn_labels, **kwargs
+        )
 
     def calculate_r_precision(self, knn_labels, **kwargs):
         knn_labels = self._pml_columns(
             knn_labels, kwargs["label_counts"], kwargs["ref_includes_query"], True
         )
-        return super().calculate_r_precision(knn_labels, **kwargs)
+        return self._precision_metric("r_precision", knn_labels, **kwargs)
 
     def calculate_mean_average_precision(self, knn_labels, **kwargs):
         knn_labels = self._pml_columns(
             knn_labels, kwargs["label_counts"], kwargs["ref_includes_query"], False
         )
-        return super().calculate_mean_average_precision(knn_labels, **kwargs)
+        return self._precision_metric("mean_average_precision", knn_labels, **kwargs)
 
     def calculate_mean_reciprocal_rank(self, knn_labels, **kwargs):
         knn_labels = self._pml_columns(
             knn_labels, kwargs["label_counts"], kwargs["ref_includes_query"], False
         )
-        return super().calculate_mean_reciprocal_rank(knn_labels, **kwargs)
+        mask, query_labels = kwargs["not_lone_query_mask"], kwargs["query_labels"]
+        if not torch.any(mask):
+            return nan_accuracy(kwargs["label_counts"][0], self.return_per_class)
+        return mean_reciprocal_rank(
+            knn_labels[mask],
+            query_labels[mask][:, None],
+            self.avg_of_avgs,
+            self.return_per_class,
+            self.label_comparison_fn,
+        )
 
 
 def evaluate_query_gallery(

@@ -29,3 +29,34 @@ def so_rows_naive(weights, normalize):
     gram = weights @ weights.t()
     eye = torch.eye(len(weights), dtype=gram.dtype, device=gram.device)
     return ((gram - eye) ** 2).sum(dim=1)
+
+
+def knn_brute_force(query, reference, k, exclude_self):
+    """Indices of the k nearest reference rows by squared L2 distance, float64,
+    ties in index order; ``exclude_self`` drops reference row i for query i."""
+    q = torch.as_tensor(query, dtype=torch.float64).numpy()
+    r = torch.as_tensor(reference, dtype=torch.float64).numpy()
+    out = []
+    for i in range(len(q)):
+        row = ((r - q[i]) ** 2).sum(axis=1)
+        distances = [(float(row[j]), j) for j in range(len(r))]
+        if exclude_self:
+            distances = [d for d in distances if d[1] != i]
+        out.append([j for _, j in sorted(distances)[:k]])
+    return torch.tensor(out, dtype=torch.long)
+
+
+def precision_metrics_loop(neighbour_labels, query_labels, relevant_counts):
+    """(MAP@R, R-precision) per query from its ranked neighbour labels, one loop
+    per query: R = relevant_counts[i] (same-class reference items), only the first
+    R neighbours count, AP@R = sum over hits at rank j <= R of precision@j / R."""
+    average_precision, r_precision = [], []
+    for labels, label, r in zip(neighbour_labels, query_labels, relevant_counts):
+        hits, total = 0, 0.0
+        for j, neighbour in enumerate(list(labels)[:r], start=1):
+            if neighbour == label:
+                hits += 1
+                total += hits / j
+        average_precision.append(total / r)
+        r_precision.append(hits / min(r, len(labels)))
+    return average_precision, r_precision

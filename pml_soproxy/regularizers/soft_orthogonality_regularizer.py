@@ -29,9 +29,11 @@ class _RowwiseSoftOrthogonality(torch.autograd.Function):
     # <u, dL/du> = 4 g (r + ||u||^2 - 1) is known from the forward: two fused
     # passes over C x D. Written by hand because autograd would keep U and spend
     # four more products; rows are processed in chunks so that only E and the
-    # gradient are C x D in memory.
+    # gradient are C x D in memory. uniform_grad says that the caller reduces the
+    # rows with equal weights (a mean or a sum): decided when the graph is built,
+    # so that the backward never reads the device to find out.
     @staticmethod
-    def forward(ctx, weights, normalize, chunk_size):
+    def forward(ctx, weights, normalize, chunk_size, uniform_grad=False):
         sq_norms = _rowwise_dot(weights, weights).unsqueeze(1)
         norms = torch.ones_like(sq_norms)
         if normalize:
@@ -51,6 +53,7 @@ class _RowwiseSoftOrthogonality(torch.autograd.Function):
         losses.sub_(unit_sq_norms)
         ctx.save_for_backward(weights, norms, excess, losses, unit_sq_norms)
         ctx.normalize, ctx.chunk_size = normalize, chunk_size
+        ctx.uniform_grad = uniform_grad
         return losses
 
     @staticmethod
@@ -60,7 +63,7 @@ class _RowwiseSoftOrthogonality(torch.autograd.Function):
         size = ctx.chunk_size
         g = grad_output.unsqueeze(1)
         grad = torch.empty_like(weights)
-        if bool(torch.all(grad_output == grad_output[0])):
+        if ctx.uniform_grad:
             radial = 4 * g * (losses + unit_sq_norms - 1).unsqueeze(1)
             scale = 4 * g / norms
             coef = radial / norms**2
@@ -73,7 +76,7 @@ class _RowwiseSoftOrthogonality(torch.autograd.Function):
                 torch.mul(e, sc, out=out)
                 if ctx.normalize:
                     out.addcmul_(w, co, value=-1)
-            return grad, None, None
+            return grad, None, None, None
         weighted_gram = weights.new_zeros(weights.shape[1], weights.shape[1])
         for w, n, gc in zip(weights.split(size), norms.split(size), g.split(size)):
             u = w / n
@@ -90,7 +93,7 @@ class _RowwiseSoftOrthogonality(torch.autograd.Function):
                 radial = _rowwise_dot(u, out).unsqueeze(1)
                 radial.masked_fill_(n <= 1e-12, 0)
                 out.sub_(u.mul_(radial)).div_(n)
-        return grad, None, None
+        return grad, None, None, None
 
 
 def _rowwise_dot(a, b):
@@ -112,7 +115,16 @@ class SoftOrthogonalityRegularizer(BaseRegularizer):
             list_of_names=["soft_orthogonality"], is_stat=True
         )
 
-    def compute_loss(self, weights):
+    def forward(self, weights):
+        # BaseRegularizer.forward, telling compute_loss whether the reducer weights
+        # every row equally: then the backward needs no weighted Gram matrix. The
+        # default reducer (MeanReducer) does; any other takes the general backward.
+        self.reset_stats()
+        uniform = type(self.reducer) is type(self.get_default_reducer())
+        loss_dict = self.compute_loss(weights, uniform_row_weights=uniform)
+        return self.reducer(loss_dict, weights, c_f.torch_arange_from_size(weights))
+
+    def compute_loss(self, weights, uniform_row_weights=False):
         with autocast_disabled(weights.device.type):
             weights = at_least_float32(weights)
             num_rows, num_dims = weights.shape
@@ -126,7 +138,7 @@ class SoftOrthogonalityRegularizer(BaseRegularizer):
                 if normalize and self.distance.p != 2:
                     weights, normalize = self.distance.normalize(weights, dim=1), False
                 losses = _RowwiseSoftOrthogonality.apply(
-                    weights, normalize, self.chunk_size
+                    weights, normalize, self.chunk_size, uniform_row_weights
                 )
         self.set_stats(losses)
         return {

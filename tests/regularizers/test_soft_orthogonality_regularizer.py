@@ -12,7 +12,12 @@ from pytorch_metric_learning.losses import (
     ProxyNCALoss,
     SoftTripleLoss,
 )
-from pytorch_metric_learning.reducers import MeanReducer, SumReducer
+from pytorch_metric_learning.reducers import (
+    AvgNonZeroReducer,
+    MeanReducer,
+    SumReducer,
+    ThresholdReducer,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pml_soproxy import SoftOrthogonalityRegularizer
@@ -105,14 +110,54 @@ def test_gradient_with_non_uniform_row_weights():
 def test_custom_backward_passes_gradcheck(normalize, chunk_size):
     weights = random_weights(12, 5, torch.float64).requires_grad_()
 
-    def rows(w):
+    def rows(w):  # any row weights: the general backward branch
         return _RowwiseSoftOrthogonality.apply(w, normalize, chunk_size)
 
-    def weighted(w):  # non-uniform row weights take the general backward branch
+    def weighted(w):
         return rows(w) * torch.arange(1.0, 13.0, dtype=torch.float64)
+
+    def mean_of_rows(w):  # equal row weights promised: the fused branch
+        return _RowwiseSoftOrthogonality.apply(w, normalize, chunk_size, True).mean()
 
     assert torch.autograd.gradcheck(rows, (weights,))
     assert torch.autograd.gradcheck(weighted, (weights,))
+    assert torch.autograd.gradcheck(mean_of_rows, (weights,))
+
+
+def so_backward_node(loss):
+    """The custom Function's node under the reducer's output."""
+    nodes = [loss.grad_fn]
+    while nodes:
+        node = nodes.pop()
+        if node is None:
+            continue
+        if "RowwiseSoftOrthogonality" in type(node).__name__:
+            return node
+        nodes.extend(next_node for next_node, _ in node.next_functions)
+    raise AssertionError("no _RowwiseSoftOrthogonality in the graph")
+
+
+@pytest.mark.parametrize(
+    "reducer, uniform",
+    [(MeanReducer(), True), (SumReducer(), False), (ThresholdReducer(low=1.0), False),
+     (AvgNonZeroReducer(), False)],
+)  # fmt: skip
+def test_uniform_backward_is_chosen_from_the_reducer_not_the_device(reducer, uniform):
+    weights = random_weights(40, 8, torch.float64).requires_grad_()
+    loss = SoftOrthogonalityRegularizer(reducer=reducer)(weights)
+    assert so_backward_node(loss).uniform_grad is uniform
+    (grad,) = torch.autograd.grad(loss, weights)
+    naive_weights = weights.detach().clone().requires_grad_()
+    rows = so_rows_naive(naive_weights, normalize=True)
+    naive = SoftOrthogonalityRegularizer(reducer=reducer).reducer(
+        {"loss": {"losses": rows, "indices": torch.arange(40),
+                  "reduction_type": "element"}}, None, None,
+    )  # fmt: skip
+    (expected,) = torch.autograd.grad(naive, naive_weights)
+    assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-12)
+    # compute_loss on its own makes no promise about how its rows are weighted
+    rows = SoftOrthogonalityRegularizer(reducer=reducer).compute_loss(weights)
+    assert so_backward_node(rows["loss"]["losses"]).uniform_grad is False
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 40, 4096])
