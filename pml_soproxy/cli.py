@@ -59,9 +59,14 @@ def print_config(resolved) -> int:
     """The resolved config as YAML that --config reads back, sources as comments."""
     import json
 
-    for key, value in resolved.config.to_dict().items():
+    from .training.loading import describe_auto
+
+    config = resolved.config
+    notes = {"num_workers": describe_auto(config.num_workers, config.device)}
+    for key, value in config.to_dict().items():
         if key != "dataset":
-            print(f"{key}: {json.dumps(value)}  # {resolved.sources[key]}")
+            note = f"; {notes[key]}" if key in notes else ""
+            print(f"{key}: {json.dumps(value)}  # {resolved.sources[key]}{note}")
     return 0
 
 
@@ -131,6 +136,19 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def run_benchmark(benchmark_args: List[str]) -> int:
+    """``pml-soproxy benchmark ...``: straight to the launcher, which parses its own
+    flags (building the other subcommands' parsers and the torchrun check would
+    import torch, so ``benchmark --help`` would take seconds)."""
+    try:
+        return cmd_benchmark(argparse.Namespace(benchmark_args=benchmark_args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"pml-soproxy: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, suggesting the closest flag for a mistyped one."""
 
@@ -195,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_retrieval_parsers(sub)  # embed, index, search, export
 
+    from .sweeps.commands import add_compare_parser, add_sweep_parser
+
+    add_sweep_parser(sub), add_compare_parser(sub)  # grids of paired runs
+
     benchmark = sub.add_parser(
         "benchmark",
         help="powerful-benchmarker (MLRC protocol) with our loss; see the README",
@@ -237,6 +259,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["benchmark"]:
+        return run_benchmark(argv[1:])
     args = build_parser().parse_args(argv)
     rank = os.environ.get("RANK", "0")
     func = args.func

@@ -47,7 +47,7 @@ def results_header(results: Dict[str, Any]) -> str:
     )
 
 
-def _metric_order(name: str):
+def metric_order(name: str):
     if name.startswith("recall_at_"):
         return (0, int(name.rsplit("_", 1)[1]), name)
     return (1, 0, name)
@@ -58,7 +58,7 @@ def side_by_side(tables: Dict[str, Dict[str, float]]) -> str:
     names = list(tables)
     first = tables[names[0]]
     metrics = sorted((m for m in first if isinstance(first[m], float)),
-                     key=_metric_order)  # fmt: skip
+                     key=metric_order)  # fmt: skip
     width = max(len(m) for m in metrics)
     lines = [f"{'metric':<{width}}  " + "  ".join(f"{n:>14}" for n in names)]
     for m in metrics:

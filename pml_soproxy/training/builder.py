@@ -71,6 +71,45 @@ def build_data(config: TrainConfig) -> Data:
     return Data(train, val)
 
 
+def loader_settings(config: TrainConfig, device):
+    """Workers, pinned memory, persistent workers (``num_workers: auto`` resolved)."""
+    from .loading import loader_settings as settings
+
+    return settings(config.num_workers, device)
+
+
+def cache_training_images(config: TrainConfig, train, interpolation: str, device):
+    """``cache_images``: ``train`` (its transform set) decoded once, shrunk to
+    ``cache_image_size`` (see pml_soproxy/datasets/cache.py for what that changes).
+    mmap: the first process of each node builds the file, the others then map it."""
+    from .. import distributed
+    from ..datasets.cache import INTERPOLATIONS, DecodedImageCache
+
+    folder = config.cache_dir or os.path.join(config.output_dir, "image_cache")
+    if interpolation not in INTERPOLATIONS:  # e.g. timm's "random"
+        interpolation = "bicubic"
+
+    def build():
+        return DecodedImageCache(
+            train,
+            short_side=config.cache_image_size,
+            mode=config.cache_images,
+            folder=folder,
+            interpolation=interpolation,
+            transform=train.transform,
+            num_workers=loader_settings(config, device).num_workers,
+            key_extra={"max_image_pixels": config.max_image_pixels},
+            progress=distributed.is_main_process(),
+        )
+
+    if config.cache_images != "mmap" or distributed.world_size() == 1:
+        return build()
+    first = os.environ.get("LOCAL_RANK", "0") == "0"
+    cache = build() if first else None
+    distributed.barrier()
+    return cache if first else build()
+
+
 def iterations_per_epoch(config: TrainConfig, data: Data) -> int:
     return config.iterations_per_epoch or max(1, len(data.train) // config.batch_size)
 
@@ -197,16 +236,58 @@ def build_model(
     )
 
 
-def build_loss(config: TrainConfig, num_classes: int, embedding_size: int, device):
-    from ..losses import SoftOrthogonalProxyAnchorLoss
+def _pml_loss_class(name: str):
+    """The PML class of a ``loss`` name (every one a ``WeightRegularizerMixin``)."""
+    from pytorch_metric_learning import losses
 
-    return SoftOrthogonalProxyAnchorLoss(
-        num_classes,
-        embedding_size,
-        margin=config.margin,
-        alpha=config.alpha,
-        so_weight=config.so_weight,
-    ).to(device)
+    return {
+        "proxy_nca": losses.ProxyNCALoss,
+        "normalized_softmax": losses.NormalizedSoftmaxLoss,
+        "soft_triple": losses.SoftTripleLoss,
+        "arcface": losses.ArcFaceLoss,
+        "cosface": losses.CosFaceLoss,
+    }[name]
+
+
+def build_loss(config: TrainConfig, num_classes: int, embedding_size: int, device):
+    """``config.loss`` with its hyper-parameters (``LOSS_OPTIONS``) and, when
+    ``so_weight`` > 0, SO in PML's ``weight_regularizer`` slot with that weight.
+    With ``so_weight`` 0 it is the unmodified PML loss. Proxy Anchor is our
+    ``SoftOrthogonalProxyAnchorLoss`` (computed in float32, label checks), which is
+    PML's ``ProxyAnchorLoss`` at ``so_weight`` 0."""
+    from ..losses import SoftOrthogonalProxyAnchorLoss
+    from ..regularizers import SoftOrthogonalityRegularizer
+    from .config import LOSS_OPTIONS
+
+    options = LOSS_OPTIONS[config.loss]
+    kwargs = {arg: getattr(config, key) for key, arg in options.items()}
+    if config.loss == "proxy_anchor":
+        loss = SoftOrthogonalProxyAnchorLoss(
+            num_classes, embedding_size, so_weight=config.so_weight, **kwargs
+        )
+        return loss.to(device)
+    if config.so_weight:
+        kwargs.update(weight_regularizer=SoftOrthogonalityRegularizer(),
+                      weight_reg_weight=config.so_weight)  # fmt: skip
+    loss = _pml_loss_class(config.loss)(
+        num_classes=num_classes, embedding_size=embedding_size, **kwargs
+    )
+    return loss.to(device)
+
+
+def class_weights(loss: torch.nn.Module) -> torch.Tensor:
+    """The loss's class weights (proxies) as rows, ``(C, D)``, or ``(C x centers,
+    D)`` for SoftTriple: the matrix PML hands to the weight regulariser (ProxyNCA
+    and Proxy Anchor keep ``proxies`` as ``(C, D)``; NormalizedSoftmax, ArcFace and
+    CosFace keep ``W`` as ``(D, C)``, SoftTriple ``fc`` as ``(D, C x centers)``, and
+    pass the transpose)."""
+    from pytorch_metric_learning.losses import SoftTripleLoss
+
+    if isinstance(loss, SoftTripleLoss):
+        return loss.fc.t()
+    if hasattr(loss, "proxies"):
+        return loss.proxies
+    return loss.W.t()
 
 
 def load_state(module: torch.nn.Module, state: Dict, path: str, part: str):
@@ -311,7 +392,7 @@ def build_tester(config: TrainConfig, device, end_of_testing_hook=None):
 
     return testers.GlobalEmbeddingSpaceTester(
         batch_size=config.eval_batch_size,
-        dataloader_num_workers=config.num_workers,
+        dataloader_num_workers=loader_settings(config, device).num_workers,
         data_device=device,
         accuracy_calculator=build_calculator(config, device),
         end_of_testing_hook=end_of_testing_hook,
@@ -322,14 +403,30 @@ def metrics_of(accuracies: Dict[str, Any]) -> Dict[str, float]:
     return {k.replace("_level0", ""): v for k, v in accuracies.items() if k != "epoch"}
 
 
-def evaluate_test(config: TrainConfig, model: Model, device) -> Dict[str, float]:
-    """Test-split Recall@K, MAP@R and R-precision (query vs gallery for In-Shop)."""
+def evaluate_test(
+    config: TrainConfig, model: Model, device, keep: Optional[Dict] = None
+) -> Dict[str, float]:
+    """Test-split Recall@K, MAP@R and R-precision (query vs gallery for In-Shop).
+
+    With a dict ``keep``, it receives what figures need without a second pass:
+    ``embeddings`` ({split: (normalised embeddings, labels)}), ``datasets``,
+    ``query`` and ``references``."""
     query, references = TEST_SPLITS.get(config.dataset, ("test", ["test"]))
     splits = {
         s: create_dataset(config, s, transform=model.eval_transform)
         for s in {query, *references}
     }
-    accuracies = build_tester(config, device).test(
+    tester = build_tester(config, device)
+    if keep is not None:
+        keep.update(datasets=splits, query=query, references=list(references))
+        compute = tester.get_all_embeddings_for_all_splits
+
+        def keeping(*args, **kwargs):  # PML's tester keeps no embeddings itself
+            keep["embeddings"] = compute(*args, **kwargs)
+            return keep["embeddings"]
+
+        tester.get_all_embeddings_for_all_splits = keeping
+    accuracies = tester.test(
         splits,
         0,
         model.trunk_for_eval,

@@ -20,9 +20,28 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from ..datasets.base import DEFAULT_MAX_IMAGE_PIXELS
+from ..datasets.cache import CACHE_MODES
 
 DATASET_NAMES = ("cub200", "cars196", "sop", "inshop", "folder", "digits")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: the PML losses with class weights that ``loss`` names, and for each the config
+#: keys of its hyper-parameters -> the PML constructor argument they set
+LOSS_OPTIONS = {
+    "proxy_anchor": {"margin": "margin", "alpha": "alpha"},
+    "proxy_nca": {"proxy_nca_softmax_scale": "softmax_scale"},
+    "normalized_softmax": {"normalized_softmax_temperature": "temperature"},
+    "soft_triple": {
+        "soft_triple_centers_per_class": "centers_per_class",
+        "soft_triple_la": "la",
+        "soft_triple_gamma": "gamma",
+        "soft_triple_margin": "margin",
+    },
+    "arcface": {"arcface_margin": "margin", "arcface_scale": "scale"},
+    "cosface": {"cosface_margin": "margin", "cosface_scale": "scale"},
+}
+LOSS_NAMES = tuple(LOSS_OPTIONS)
+#: a value that is "auto" (resolved where it is used) or an integer
+AutoInt = typing.Union[int, str]
 #: keys accepted for backward compatibility: old name -> (new name, advice)
 DEPRECATED_KEYS = {
     "checkpoint_path": (
@@ -104,9 +123,16 @@ class TrainConfig:
         _int_at_least(0),
         "an integer >= 0",
     )
+    loss: str = option(
+        "proxy_anchor",
+        "the PML loss whose class weights (proxies) SO regularises",
+        lambda v: v in LOSS_NAMES,
+        f"one of {', '.join(LOSS_NAMES)}",
+    )
     so_weight: float = option(
         1.0,
-        "weight of the soft-orthogonality term (0 = plain Proxy Anchor)",
+        "weight of the soft-orthogonality term on the loss's class weights (0 = "
+        "the plain PML loss)",
         _finite_at_least(0),
         "a finite number >= 0",
     )
@@ -115,6 +141,43 @@ class TrainConfig:
     )
     alpha: float = option(
         32.0, "Proxy Anchor scale", _finite_at_least(0, True), "a finite number > 0"
+    )
+    # the other losses' hyper-parameters; defaults are PML's (LOSS_OPTIONS maps them)
+    proxy_nca_softmax_scale: float = option(
+        1.0, "ProxyNCA softmax scale", _finite_at_least(0, True),
+        "a finite number > 0",
+    )  # fmt: skip
+    normalized_softmax_temperature: float = option(
+        0.05, "NormalizedSoftmax temperature", _finite_at_least(0, True),
+        "a finite number > 0",
+    )  # fmt: skip
+    soft_triple_centers_per_class: int = option(
+        10, "SoftTriple centers per class", _int_at_least(1), "an integer >= 1"
+    )
+    soft_triple_la: float = option(
+        20.0, "SoftTriple scale lambda", _finite_at_least(0, True),
+        "a finite number > 0",
+    )  # fmt: skip
+    soft_triple_gamma: float = option(
+        0.1, "SoftTriple softmax temperature gamma over a class's centers",
+        _finite_at_least(0, True), "a finite number > 0",
+    )  # fmt: skip
+    soft_triple_margin: float = option(
+        0.01, "SoftTriple margin", _finite_at_least(0), "a finite number >= 0"
+    )
+    arcface_margin: float = option(
+        28.6, "ArcFace additive angular margin, in degrees", _finite_at_least(0),
+        "a finite number >= 0",
+    )  # fmt: skip
+    arcface_scale: float = option(
+        64.0, "ArcFace scale", _finite_at_least(0, True), "a finite number > 0"
+    )
+    cosface_margin: float = option(
+        0.35, "CosFace additive cosine margin", _finite_at_least(0),
+        "a finite number >= 0",
+    )  # fmt: skip
+    cosface_scale: float = option(
+        64.0, "CosFace scale", _finite_at_least(0, True), "a finite number > 0"
     )
     epochs: int = option(40, "training epochs", _int_at_least(1), "an integer >= 1")
     batch_size: int = option(
@@ -177,8 +240,35 @@ class TrainConfig:
     eval_batch_size: int = option(
         128, "batch size of evaluation", _int_at_least(1), "an integer >= 1"
     )
-    num_workers: int = option(
-        2, "data loader worker processes", _int_at_least(0), "an integer >= 0"
+    num_workers: AutoInt = option(
+        "auto",
+        "data loader worker processes; auto = this process's CPUs less one, "
+        "capped (training/loading.py; --print-config shows it); the augmentations "
+        "do not depend on it",
+        lambda v: v == "auto" or v >= 0,
+        "auto or an integer >= 0",
+        metavar="N|auto",
+    )
+    cache_images: str = option(
+        "none",
+        "keep the training images decoded and shrunk to cache_image_size in "
+        "memory or in a memory-mapped file (cache_dir); the random augmentation "
+        "still runs at every draw",
+        lambda v: v in CACHE_MODES,
+        f"one of {', '.join(CACHE_MODES)}",
+    )
+    cache_image_size: int = option(
+        256,
+        "shorter side in pixels of cached training images (larger ones are "
+        "shrunk to it, smaller ones kept as they are)",
+        _int_at_least(1),
+        "an integer >= 1",
+    )
+    cache_dir: Optional[str] = option(
+        None,
+        "folder of the mmap image cache (default <output_dir>/image_cache); runs "
+        "over the same images may share one",
+        metavar="DIR",
     )
     device: str = option("auto", "auto, cpu, cuda, cuda:1 ...", _device_ok,
                          "auto, cpu, cuda or cuda:N")  # fmt: skip
@@ -207,6 +297,11 @@ class TrainConfig:
         "read the loss from the device every N iterations (progress bar, NaN check)",
         _int_at_least(1),
         "an integer >= 1",
+    )
+    figures: bool = option(
+        True,
+        "after the test, write figures/ in the run folder: a retrieval grid of test "
+        "queries and an embedding map of the test set",
     )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -256,6 +351,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if optional:
             return None
         raise _type_error(key, value, source, allowed or kind.__name__)
+    if kind == AutoInt:  # "auto", an integer, or a flag's digits
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+        raise _type_error(key, value, source, allowed or "auto or an integer")
     origin = typing.get_origin(kind) or kind
     if origin is bool:
         if isinstance(value, bool):
@@ -485,6 +586,15 @@ def check_combinations(
     def where(*keys):
         return ", ".join(f"'{k}' from {sources[k]}" for k in keys)
 
+    for name, options in LOSS_OPTIONS.items():  # another loss's hyper-parameter
+        for key in options if name != config.loss else ():
+            if getattr(config, key) != default_value(SCHEMA[key]):
+                raise ConfigError(
+                    f"config key '{key}' = {getattr(config, key)!r} (from "
+                    f"{sources[key]}) is a hyper-parameter of loss {name}, but loss "
+                    f"is {config.loss!r} (from {sources['loss']}); set loss to {name} "
+                    f"or leave '{key}' out"
+                )
     if config.batch_size % config.samples_per_class:
         raise ConfigError(
             f"batch_size ({config.batch_size}) must be a multiple of "

@@ -9,6 +9,7 @@ from .config import resolve_config
 from .run import train
 
 DEMO_RESULTS = "demo.json"
+DEMO_IMAGES = "test_images"
 VARIANTS = ("proxy_anchor", "proxy_anchor+SO")
 
 
@@ -52,8 +53,31 @@ def run_demo(
         )
     for path in write_run_figures(runs, output_dir):
         echo(f"figure: {path}")
+    for name, results in runs.items():
+        for path in results.get("figures", []):
+            echo(f"figure ({name}): {path}")
+    if dataset == "digits":
+        folder = write_image_folder(config, os.path.join(output_dir, DEMO_IMAGES))
+        echo(f"test images as files, to try embed/index/search on: {folder}")
     atomic_write_json(
         os.path.join(output_dir, DEMO_RESULTS),
         {n: {"test": r["test"], "selected": r["selected"]} for n, r in runs.items()},
     )
     return runs
+
+
+def write_image_folder(config, folder: str) -> str:
+    """The test split as ``folder/<class>/<index>.png`` (an image folder like a
+    user's own), written once."""
+    from .builder import create_dataset
+
+    if os.path.isdir(folder):
+        return folder
+    test = create_dataset(config, "test")
+    tmp = folder + ".tmp"
+    for i in range(len(test)):
+        sub = os.path.join(tmp, test.class_names[test.labels[i]])
+        os.makedirs(sub, exist_ok=True)
+        test.load_image(i).save(os.path.join(sub, f"{i:04d}.png"))
+    os.replace(tmp, folder)
+    return folder

@@ -31,7 +31,7 @@ LOGGER = logging.getLogger("pml_soproxy")
 #: the RNG streams in the checkpoint follow from it), so --resume refuses a change.
 RESUMABLE_KEYS = ("output_dir", "data_root", "epochs", "patience", "num_workers",
                   "eval_batch_size", "log_every", "device", "max_image_pixels",
-                  "skip_bad_images")  # fmt: skip
+                  "skip_bad_images", "cache_dir", "figures")  # fmt: skip
 #: the trunk's starting weights: replaced by the checkpoint's on --resume
 STARTING_KEYS = ("pretrained_weights", "random_init")
 
@@ -44,9 +44,14 @@ def interrupted_message(folder: str) -> str:
 
 
 def _differences(saved: Dict[str, Any], config: TrainConfig, keys) -> List[str]:
+    """Keys whose value differs; a key the checkpoint predates counts as its default
+    then (a run saved before a key existed was trained with that default)."""
+    from .config import SCHEMA, default_value
+
     now = config.to_dict()
-    return [f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now" for k in keys
-            if saved.get(k) != now[k]]  # fmt: skip
+    saved = {k: saved.get(k, default_value(SCHEMA[k])) for k in keys}
+    return [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in keys
+            if saved[k] != now[k]]  # fmt: skip
 
 
 def check_folder(config: TrainConfig, resume: bool, overwrite: bool) -> Optional[Dict]:
@@ -196,7 +201,7 @@ class Run:
         )
         self.selection = Selection(config.selection_metric, config.patience)
         self.history: List[Dict[str, Any]] = []
-        self.proxy_cosines_init = proxy_cosine_stats(self.loss.proxies)
+        self.proxy_cosines_init = proxy_cosine_stats(builder.class_weights(self.loss))
         self.start_epoch = 1
         if self.meta is not None:
             self.load_checkpoint()
@@ -206,6 +211,12 @@ class Run:
         data.train.transform = model.train_transform
         if data.val is not None:
             data.val.transform = model.eval_transform
+        if self.config.cache_images != "none":  # before SkipBadImages: it sees the
+            # cache's errors as it would see the files'
+            interpolation = model.trunk.data_config.get("interpolation", "bicubic")
+            data.train = builder.cache_training_images(
+                self.config, data.train, interpolation, self.device
+            )
         if self.config.skip_bad_images:
             from ..datasets import SkipBadImages
 
@@ -293,7 +304,7 @@ class Run:
                     self.modules,
                     self.weights_meta(epoch),
                 )
-        stats = proxy_cosine_stats(self.loss.proxies)
+        stats = proxy_cosine_stats(builder.class_weights(self.loss))
         record.update(proxy_mean_abs_cos=stats["mean_abs_cos"],
                       proxy_max_abs_cos=stats["max_abs_cos"])  # fmt: skip
         self.history.append(record)
@@ -349,7 +360,7 @@ class Run:
             data_device=self.device,
             lr_schedulers=self.lr_schedulers,
             gradient_clippers=builder.gradient_clippers(config, self.model),
-            dataloader_num_workers=config.num_workers,
+            loader_settings=builder.loader_settings(config, self.device),
             end_of_iteration_hook=end_of_iteration,
             end_of_epoch_hook=self.end_of_epoch,
             scaler=self.scaler,
@@ -372,8 +383,8 @@ class Run:
             builder.load_state(module, weights[name], path, name)
         return self.selection.describe()
 
-    def test(self) -> Dict[str, float]:
-        return builder.evaluate_test(self.config, self.model, self.device)
+    def test(self, keep: Optional[Dict] = None) -> Dict[str, float]:
+        return builder.evaluate_test(self.config, self.model, self.device, keep)
 
     def results(self, selected: str, test: Dict[str, float]) -> Dict[str, Any]:
         c = self.config
@@ -386,7 +397,7 @@ class Run:
             "test": test,
             "history": self.history,
             "proxy_cosines_init": self.proxy_cosines_init,
-            "proxy_cosines_final": proxy_cosine_stats(self.loss.proxies),
+            "proxy_cosines_final": proxy_cosine_stats(builder.class_weights(self.loss)),
             "skipped_images": skipped_images(c.output_dir),
             "config": c.to_dict(),
             "world_size": self.world_size,
@@ -432,8 +443,23 @@ def train(
         if not run.is_main:
             return None
         selected = run.load_selected_weights()
-        results = run.results(selected, run.test())
-    checkpoints.atomic_write_json(
-        os.path.join(config.output_dir, checkpoints.RESULTS), results
-    )
+        kept: Optional[Dict[str, Any]] = {} if config.figures else None
+        results = run.results(selected, run.test(kept))
+    path = os.path.join(config.output_dir, checkpoints.RESULTS)
+    checkpoints.atomic_write_json(path, results)
+    if kept:  # after results.json: a failing figure loses no result
+        results["figures"] = write_test_figures(kept, config)
+        checkpoints.atomic_write_json(path, results)
     return results
+
+
+def write_test_figures(kept: Dict[str, Any], config: TrainConfig) -> List[str]:
+    from ..figures import test_split_figures
+
+    folder = os.path.join(config.output_dir, "figures")
+    try:
+        return test_split_figures(kept, folder, seed=config.seed)
+    except Exception as err:  # figures are a courtesy, never a reason to fail
+        LOGGER.warning("the test figures could not be drawn (%s: %s)",
+                       type(err).__name__, err)  # fmt: skip
+        return []

@@ -4,7 +4,9 @@
 * a fresh data-loader iterator at the start of every epoch, so an epoch draws its
   worker seeds and sampler order at the same point whether the run is resumed or not;
 * the loss is read from the device only every ``log_every`` iterations and at the end
-  of an epoch (the progress bar, the epoch mean and the NaN check use that read);
+  of an epoch (the progress bar, the epoch mean and the NaN check use that one read);
+  nothing else in a step waits for the device (tests/training/test_host_syncs.py):
+  batches go to the device without blocking (asynchronous from pinned memory);
 * a non-finite loss stops the run at once with its epoch and iteration, before the
   epoch is checkpointed;
 * one progress bar, on rank 0 only; the logged loss is the global batch's loss
@@ -29,6 +31,8 @@ class SOProxyTrainer(trainers.MetricLossOnly):
         self.show_progress = show_progress
         self.on_nonfinite = on_nonfinite
         self.epoch_losses = []
+        # training.loading.LoaderSettings; None: PML's own loader
+        self.loader_settings = kwargs.pop("loader_settings", None)
         super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------ fp16 scaling
@@ -51,16 +55,37 @@ class SOProxyTrainer(trainers.MetricLossOnly):
         self.scaler.update()
 
     # ------------------------------------------------------------------- loop
+    def get_batch(self):
+        # to the device without blocking the host (asynchronous from pinned memory);
+        # PML's own transfers later in the step are then no-ops
+        data, labels = super().get_batch()
+        return self.to_data_device(data), self.to_data_device(labels)
+
+    def to_data_device(self, x):
+        if isinstance(x, torch.Tensor) and self.data_device is not None:
+            return x.to(self.data_device, non_blocking=True)
+        return x
+
     def initialize_dataloader(self):
         from pytorch_metric_learning.utils import common_functions as c_f
 
-        self.dataloader = c_f.get_train_dataloader(
-            self.dataset,
-            self.batch_size,
-            self.sampler,
-            self.dataloader_num_workers,
-            self.collate_fn,
-        )
+        from .loading import train_loader
+
+        if self.loader_settings is None:
+            self.dataloader = c_f.get_train_dataloader(
+                self.dataset,
+                self.batch_size,
+                self.sampler,
+                self.dataloader_num_workers,
+                self.collate_fn,
+            )
+        else:  # per-sample seeds, pinned memory and persistent workers on CUDA
+            from .. import distributed
+
+            self.dataloader = train_loader(
+                self.dataset, self.batch_size, self.sampler, self.loader_settings,
+                self.data_device, self.collate_fn, rank=distributed.rank(),
+            )  # fmt: skip
         if not self.iterations_per_epoch:
             self.iterations_per_epoch = len(self.dataloader)
 
@@ -88,16 +113,17 @@ class SOProxyTrainer(trainers.MetricLossOnly):
                 )
                 last = self.iteration + 1 == self.iterations_per_epoch
                 if (self.iteration + 1) % self.log_every == 0 or last:
-                    # the one device read: first bad iteration and the current loss
-                    bad, value = torch.stack(
-                        [first_bad.double(), loss.double()]
+                    # the one device read: first bad iteration, current loss, sum
+                    bad, value, summed = torch.stack(
+                        [first_bad.double(), loss.double(), total]
                     ).tolist()
                     self.check_finite(int(bad))
                     bar.set_postfix(loss=f"{value / self.world_size:.4f}")
                     self.end_of_iteration_hook(self)
                 self.step_lr_schedulers(end_of_epoch=False)
             self.step_lr_schedulers(end_of_epoch=True)
-            self.epoch_loss = total.item() / self.iterations_per_epoch / self.world_size
+            # read at the last iteration, which is always a log point
+            self.epoch_loss = summed / self.iterations_per_epoch / self.world_size
             self.zero_losses()
             if self.end_of_epoch_hook(self) is False:
                 break

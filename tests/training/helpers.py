@@ -10,9 +10,10 @@ from pathlib import Path
 from pml_soproxy.training import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = dict(epochs=3, iterations_per_epoch=2, num_workers=0, device="cpu")
+FAST = dict(epochs=3, iterations_per_epoch=2, num_workers=0, device="cpu",
+            figures=False)  # fmt: skip
 TRAIN_FLAGS = ["--dataset", "digits", "--epochs", "3", "--iterations-per-epoch", "2",
-               "--device", "cpu"]  # fmt: skip
+               "--device", "cpu", "--no-figures"]  # fmt: skip
 
 
 def config(tmp_path, name="run", **overrides):

@@ -1,6 +1,7 @@
 """The command line end to end on the embedded digits data."""
 
 import json
+import os
 
 import pytest
 
@@ -98,6 +99,12 @@ def test_demo_with_a_reduced_budget(tmp_path, capsys):
         assert (out / figure).stat().st_size > 1000
     demo = json.loads((out / "demo.json").read_text())
     assert set(demo) == {"proxy_anchor", "proxy_anchor+SO"}
+    # each run's test figures, and the test split as an image folder
+    for run in ("proxy_anchor", "proxy_anchor_SO"):
+        for figure in ("retrieval_grid.png", "embedding_map.png"):
+            assert (out / run / "figures" / figure).stat().st_size > 1000
+    images = sorted(p.parent.name for p in (out / "test_images").glob("*/*.png"))
+    assert len(images) == 896 and sorted(set(images)) == list("56789")
 
 
 def test_inshop_is_tested_query_against_gallery(tmp_path, capsys):
@@ -121,3 +128,6 @@ def test_inshop_is_tested_query_against_gallery(tmp_path, capsys):
     assert set(results["test"]) >= {"recall_at_1", "recall_at_10", "recall_at_20",
                                     "recall_at_30"}  # fmt: skip
     assert results["selected"] == "last epoch"
+    # the figures of a query-vs-gallery test split
+    assert sorted(os.path.basename(p) for p in results["figures"]) == [
+        "embedding_map.png", "retrieval_grid.png"]  # fmt: skip
