@@ -33,7 +33,9 @@ def _workers(args) -> int:
         if args.num_workers < 0:
             raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
         return args.num_workers
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+    from ..training.loading import auto_num_workers
+
+    return auto_num_workers()  # the training loader's rule, one source
 
 
 def is_embeddings_file(path: str) -> bool:
@@ -188,7 +190,7 @@ def format_result(result) -> str:
     for hit in result.hits:
         mark = "" if hit.label is None or result.label is None else (
             " ✓" if hit.label == result.label else " ✗")  # fmt: skip
-        lines.append(f"{hit.rank:>5}  {hit.similarity:>10.4f}  "
+        lines.append(f"{hit.rank:>5}  {hit.similarity:>10.6f}  "
                      f"{str(hit.label) + mark:<12}  {hit.path}")  # fmt: skip
     return "\n".join(lines)
 

@@ -41,7 +41,7 @@ def retrieval_grid(
                 continue
             same = (None if query_labels[r] is None or labels[i] is None
                     else query_labels[r] == labels[i])  # fmt: skip
-            _show(ax, load_image(i), COLOURS[same], f"{similarities[r, c]:.3f}", 3)
+            _show(ax, load_image(i), COLOURS[same], f"{similarities[r, c]:.4f}", 3)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -55,7 +55,12 @@ class LoadedModel:
             embedder=self.embedder,
             normalize_embeddings=True,
             data_device=self.device,
+            knn_func=_search_elsewhere,  # its default FaissKNN needs faiss to exist
         )
+
+
+def _search_elsewhere(*args, **kwargs):
+    raise NotImplementedError("search through pml_soproxy.retrieval.Index")
 
 
 def sha256_of(path: str) -> str:
@@ -96,6 +101,13 @@ def load_model(
         )
     torch_device = resolve_device(device)
     exported = _exported_file(source)
+    card = os.path.join(source, "model_card.json")
+    if exported is None and os.path.isfile(card):
+        raise FileNotFoundError(
+            f"{source} is an export without {EXPORTED_WEIGHTS}: pml-soproxy reads "
+            "that format (`pml-soproxy export RUN --format safetensors`); the ONNX "
+            "and TorchScript files are for use outside pml-soproxy"
+        )
     if exported is not None:
         loaded = _load_exported(exported, torch_device, precision)
     else:

@@ -118,8 +118,17 @@ class Retriever:
         return self.index.save(path)
 
 
+def label_known_queries(queries: Embeddings, index: Index):
+    """A query file without a class folder takes its label from the index when the
+    index holds that very file."""
+    known = dict(zip(index.paths, index.labels))
+    queries.labels = [known.get(p) if lab is None else lab
+                      for p, lab in zip(queries.paths, queries.labels)]  # fmt: skip
+
+
 def results_of(queries: Embeddings, similarities: np.ndarray, ids: np.ndarray,
                index: Index) -> List[SearchResult]:  # fmt: skip
+    label_known_queries(queries, index)
     out = []
     for q, (row_sim, row_ids) in enumerate(zip(similarities, ids)):
         hits = [Hit(rank + 1, index.paths[i], float(s), index.labels[i])

@@ -15,7 +15,7 @@ def run_dir(tmp_path_factory):
     from pml_soproxy.training import train
 
     folder = tmp_path_factory.mktemp("retrieval")
-    train(config(folder, "run", embedding_size=16))
+    train(config(folder, "run", embedding_size=16, figures=True))
     return str(folder / "run")
 
 
