@@ -33,7 +33,10 @@ def test_quick_cpu_check_writes_every_section(tmp_path):
                               "input_pipeline"]  # fmt: skip
     for name, section in sections.items():
         assert "error" not in section, (name, section.get("error"))
-        assert math.isfinite(section["value"]) and section["value"] >= 0
+        assert math.isfinite(section["value"])
+        # an overhead may come out below zero from noise on a CPU; the rest are
+        # times, ratios and rates
+        assert section["value"] >= 0 or name == "training_step", (name, section)
         assert section["peak_gpu_bytes"] is None  # CPU
         assert section["section_seconds"] > 0
     assert report["meta"]["quick"] is True and report["meta"]["device"] == "cpu"

@@ -19,7 +19,9 @@ With CUDA, ``torch.cuda.set_sync_debug_mode("error")`` checks the real thing.
 """
 
 import linecache
+import os
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,12 +63,17 @@ def host_side_caller():
     return False
 
 
+REPOSITORY = str(Path(__file__).resolve().parents[2]) + os.sep
+
+
 def pml_soproxy_site():
     """``file:function`` of the innermost frame outside torch (where the read is)."""
     for frame in reversed(traceback.extract_stack()[:-3]):
         if "/torch/" not in frame.filename and "test_host_syncs" not in frame.filename:
             path = frame.filename.split("site-packages/")[-1]
-            return f"{path.split('/work/main/')[-1]}:{frame.name}"
+            if path.startswith(REPOSITORY):  # a checkout anywhere
+                path = path[len(REPOSITORY):]
+            return f"{path}:{frame.name}"
     return "?"
 
 
