@@ -40,6 +40,9 @@ from benchutil import (
 from pml_soproxy import SoftOrthogonalityRegularizer
 
 VARIANTS = ["ours", "naive", "autograd", "floor"]
+#: issue 6's targets for C > D (SOP scale): naive / ours time and peak memory at
+#: least, ours / floor time at most (steady loop, every thread count)
+TARGETS = {"speed_vs_naive": 10.0, "memory_vs_naive": 50.0, "floor_ratio": 1.5}
 
 
 def naive(weights):

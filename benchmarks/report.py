@@ -60,8 +60,7 @@ def regularizer(r):
         rows.append(cells)
     print(
         f"**1. SO regulariser**, forward+backward, float32 (`bench_regularizer.py`; "
-        f"{meta.get('machine', '?')}, {meta.get('cpu_count', '?')} cores, "
-        f"{meta.get('device', 'cpu')}, torch {meta.get('torch')}, {meta.get('date')}; "
+        f"{machine(dict(meta, threads='/'.join(str(t) for t in threads)))}; "
         f"times: medians of {meta.get('rounds', meta.get('repeats'))} warmed, "
         f"interleaved calls at {max(threads)} threads (naive: "
         f"{meta.get('naive_repeats', meta.get('repeats'))}); memory: each variant in "
@@ -76,6 +75,33 @@ def regularizer(r):
             rows,
         )  # fmt: skip
     )
+    from bench_regularizer import TARGETS
+
+    lines = []
+    for row in r["rows"]:
+        if row["classes"] <= row["dims"] or not {"ours", "naive", "floor"} <= set(row):
+            continue
+        ours, naive = row["ours"], row["naive"]
+        speed = naive["median_s"] / ours["median_s"]
+        memory = naive["peak_bytes"] / max(ours["peak_bytes"], 1)
+        floors = [v for k, v in (row.get("ours_over_floor") or {}).items()
+                  if k.startswith("steady")]  # fmt: skip
+        floor = max(floors) if floors else ours["median_s"] / row["floor"]["median_s"]
+        checks = [
+            (f"{speed:.1f}x faster than C x C", speed >= TARGETS["speed_vs_naive"],
+             f">= {TARGETS['speed_vs_naive']:g}x"),
+            (f"{memory:.1f}x less memory", memory >= TARGETS["memory_vs_naive"],
+             f">= {TARGETS['memory_vs_naive']:g}x"),
+            (f"{floor:.2f}x its floor (worst thread count)",
+             floor <= TARGETS["floor_ratio"], f"<= {TARGETS['floor_ratio']:g}x"),
+        ]  # fmt: skip
+        lines.append(
+            f"- {row['classes']:,} x {row['dims']}: "
+            + "; ".join(f"{text} (target {target}): **{'met' if ok else 'missed'}**"
+                        for text, ok, target in checks)  # fmt: skip
+        )
+    if lines:
+        print("\n" + "\n".join(lines))
 
 
 def training_step(r):
@@ -121,7 +147,8 @@ def training_step(r):
 def evaluation(r):
     meta = r["meta"]
     print(
-        f"\n**3. Evaluation at SOP scale** (`bench_evaluation.py`; {machine(meta)}; "
+        f"\n**3. Evaluation at SOP scale** (`bench_evaluation.py`; {machine(meta)}, "
+        f"faiss {meta.get('faiss', '?')}; "
         f"{meta['size']:,} x {meta['dims']} embeddings, {meta['classes']:,} classes, "
         f"median of {meta.get('rounds', 1)} round(s); peak = resident memory above "
         "the embeddings, each variant in its own process):\n"

@@ -23,7 +23,9 @@ The exact kNN search runs over the queries in chunks (:func:`chunked_knn`): of e
 chunk only the rank of the first same-class neighbour (all Recall@K need) and the
 first few neighbour labels (R = the largest class, all MAP@R, R-precision and
 precision@1 need) are kept, so memory is O(chunk x K + N x R) instead of PML's
-O(N x K). faiss does the search on the CPU, faiss-gpu on a GPU when installed, else
+O(N x K). A first pass finds max(R, 32) neighbours of every query; only the queries
+with no same-class item among them are searched again for all K (exact in both
+passes: the same kernel gives the same distances), which halves the search time. faiss does the search on the CPU, faiss-gpu on a GPU when installed, else
 an exact matmul + top-k on the GPU (:func:`knn_backend`, the one place that decides).
 """
 
@@ -83,6 +85,11 @@ DEFAULT_CHUNK_SIZE = 4096
 KNN_BACKENDS = ("auto", "faiss", "faiss-gpu", "torch")
 #: the largest k that faiss's GPU search accepts
 _FAISS_GPU_MAX_K = 2048
+#: neighbours of the first pass over all queries (more if the PML metrics read more
+#: columns): the first-hit rank of most queries is below it, and a search for few
+#: neighbours costs about half as much as one for 1,000; only the queries without a
+#: same-class item among them are searched again for all k (2% at SOP scale)
+_FIRST_PASS_K = 32
 #: bytes of one (query rows x reference items) score block of the torch search
 _SCORE_BLOCK_BYTES = {"cuda": 2**29, "cpu": 2**28}
 
@@ -213,13 +220,12 @@ def _search_torch(query, reference, reference_sq_norms, k):
     return torch.topk(distances, k, dim=1, largest=False, sorted=True)
 
 
-def _drop_self(distances, indices, start):
-    """PML's ``return_results`` for rows ``start...`` of the query set: drop each
-    query's own index, or the last column where the query is not among its
-    neighbours (several exact duplicates)."""
+def _drop_self(distances, indices, own):
+    """PML's ``return_results``: drop each query's own reference row ``own[i]``, or
+    the last column where the query is not among its neighbours (several exact
+    duplicates)."""
     rows, width = indices.shape
-    own = torch.arange(start, start + rows, device=indices.device)[:, None]
-    is_self = indices == own
+    is_self = indices == own[:, None]
     dropped = torch.where(
         is_self.any(dim=1), is_self.to(torch.uint8).argmax(dim=1), width - 1
     )
@@ -237,13 +243,15 @@ def chunked_knn(
     ref_includes_query: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     backend: str = "auto",
+    query_rows=None,
 ):
     """Exact k nearest reference items (squared L2) of each query, chunk by chunk.
 
     Yields ``(start, distances, indices)`` for the query rows ``start:start + n``,
-    each ``(n, k)``, nearest first. With ``ref_includes_query`` the first
-    ``len(query)`` reference rows are the queries and each query's own row is
-    excluded (PML's convention). Memory per chunk: ``chunk_size x (k + 1)``
+    each ``(n, k)``, nearest first. With ``ref_includes_query`` query ``i`` is
+    reference row ``query_rows[i]`` (default ``i``: the first ``len(query)``
+    reference rows are the queries) and that row is excluded from its neighbours
+    (PML's convention). Memory per chunk: ``chunk_size x (k + 1)``
     distances and indices (12 bytes each), plus for the ``"torch"`` backend a score
     block of ``(rows, len(reference))`` float32 with ``rows <= chunk_size`` chosen
     so that the block stays under 256 MiB on the CPU and 512 MiB on CUDA.
@@ -276,7 +284,12 @@ def chunked_knn(
             distances = distances.to(query.device)
             indices = indices.to(query.device)
         if ref_includes_query:
-            distances, indices = _drop_self(distances, indices, start)
+            own = (
+                torch.arange(start, start + len(chunk), device=indices.device)
+                if query_rows is None
+                else query_rows[start : start + len(chunk)].to(indices.device)
+            )
+            distances, indices = _drop_self(distances, indices, own)
         yield start, distances, indices
 
 
@@ -423,20 +436,23 @@ class RecallAtKCalculator(AccuracyCalculator):
 
     Memory: O(chunk_size x k + N x W). With the default search (no ``knn_func`` of
     your own), besides the inputs and their normalised float32 copies (N x D x 4
-    bytes each), one chunk of the search holds ``chunk_size x (k + 1)`` neighbour
-    indices and distances (12 bytes each; faiss's result buffers for the chunk,
-    about twice as much; dropping the query itself, a copy), and the gathered labels
-    and matches of the chunk (about 5 bytes per neighbour): about 60 bytes per
-    searched neighbour of one chunk in all. For the whole query set only
-    ``N x (8 + 8 W)`` bytes are kept: the first-hit rank and ``W`` neighbour labels
-    and distances per query, where ``W`` is 1 for precision_at_1, ``R`` (the largest
-    class size) for MAP@R and R-precision and PML's ``k`` for mean_average_precision
-    and mean_reciprocal_rank; ``k`` = the neighbours searched (``max(recall_at)`` or
-    PML's ``k`` if larger). At SOP test scale (N = 60,502 x 384, k = 1,000, W = 11,
-    chunk 4,096) that is about 250 MiB of working memory plus 89 MiB for the
-    normalised copy; ``benchmarks/bench_evaluation.py`` measures about 400 MiB above
-    the embeddings, against PML's ``N x k`` path (about 6.6 GiB). The ``"torch"`` backend adds one score block of
-    at most 256 MiB (512 MiB on CUDA). ``avg_of_avgs`` and ``return_per_class``
+    bytes each), one chunk of the search holds at most ``chunk_size x (k + 1)``
+    neighbour indices and distances (the first pass ``max(W, 32)`` per query, the
+    second, for the queries whose first same-class neighbour is further, ``k``; 12
+    bytes each), faiss's result buffers for the chunk (about twice as much), a copy
+    without the query itself, and the gathered labels and matches (about 5 bytes per
+    neighbour): about 60 bytes per searched neighbour of one chunk in all. For the
+    whole query set only ``N x (8 + 8 W)`` bytes are kept: the first-hit rank and
+    ``W`` neighbour labels and distances per query, where ``W`` is 1 for
+    precision_at_1, ``R`` (the largest class size) for MAP@R and R-precision and
+    PML's ``k`` for mean_average_precision and mean_reciprocal_rank; ``k`` = the
+    neighbours searched (``max(recall_at)``, or PML's ``k`` if larger). At SOP test
+    scale (N = 60,502 x 384, k = 1,000, W = 11, chunk 4,096) that is at most about
+    250 MiB of working memory plus 89 MiB for the normalised copy;
+    ``benchmarks/bench_evaluation.py`` measures about 400 MiB above the embeddings
+    (160 MiB of it the first call's code and thread pools), against about 6.6 GiB
+    for PML's ``N x k`` path. The ``"torch"`` backend adds one score block of at
+    most 256 MiB (512 MiB on CUDA). ``avg_of_avgs`` and ``return_per_class``
     average through PML's ``maybe_get_avg_of_avgs``, which builds an
     ``N x classes`` matrix: avoid them at SOP scale.
     """
@@ -631,10 +647,13 @@ class RecallAtKCalculator(AccuracyCalculator):
                 (len(query), width) + tuple(reference_labels.shape[1:])
             )
             knn_distances = query.new_empty((len(query), width))
+            # first pass: few neighbours for every query; second: all num_k, for
+            # the queries (not lone) with no same-class item among those few
+            first_k = min(num_k, max(width, _FIRST_PASS_K))
             searches = chunked_knn(
                 query,
                 reference,
-                num_k,
+                first_k,
                 ref_includes_query,
                 self.chunk_size,
                 self.knn_backend,
@@ -648,6 +667,24 @@ class RecallAtKCalculator(AccuracyCalculator):
                 knn_labels[start:stop] = labels[:, :width]
                 knn_distances[start:stop] = distances[:, :width]
                 del labels, distances, indices
+            if first_k < num_k:
+                rows = torch.nonzero((first == _NO_HIT) & not_lone).view(-1)
+                searches = chunked_knn(
+                    query[rows],
+                    reference,
+                    num_k,
+                    ref_includes_query,
+                    self.chunk_size,
+                    self.knn_backend,
+                    query_rows=rows,
+                )
+                for start, _, indices in searches:
+                    chunk = rows[start : start + len(indices)]
+                    first[chunk] = first_hit_rank(
+                        reference_labels[indices],
+                        query_labels[chunk],
+                        self.label_comparison_fn,
+                    )
             if not torch.any(not_lone):
                 c_f.LOGGER.warning("None of the query labels are in the reference set.")
             kwargs.update(

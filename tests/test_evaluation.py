@@ -961,3 +961,44 @@ def test_own_knn_func_is_called_once_on_all_queries(big_data):
 
     RecallAtKCalculator((1, 10), knn_func=Counting(), chunk_size=16).get_accuracy(x, y)
     assert calls == [len(y)]
+
+
+@pytest.mark.parametrize("first_pass_k", [1, 3])
+def test_second_pass_for_queries_without_an_early_hit(
+    big_data, monkeypatch, first_pass_k
+):
+    # a first pass of 1 or 3 neighbours leaves many queries to the full search
+    import pml_soproxy.evaluation as evaluation
+
+    x, y = big_data[0][:900], big_data[1][:900]
+    ks = (1, 2, 10, 100, 800)
+    include = recall_metric_names(ks) + ALL_KNN_METRICS
+    reference = unchunked(ks, include=include)
+    expected_self = reference.get_accuracy(x, y)
+    q = np.arange(len(y)) % 4 == 0
+    expected_gallery = evaluate_query_gallery(reference, x[q], y[q], x[~q], y[~q])
+    monkeypatch.setattr(evaluation, "_FIRST_PASS_K", first_pass_k)
+    for backend in ("faiss", "torch"):
+        calc = RecallAtKCalculator(ks, include=include, chunk_size=64,
+                                   knn_backend=backend)  # fmt: skip
+        got = calc.get_accuracy(x, y)
+        for name in recall_metric_names(ks):
+            assert got[name] == expected_self[name], (backend, name)
+        got = evaluate_query_gallery(calc, x[q], y[q], x[~q], y[~q])
+        for name in recall_metric_names(ks):
+            assert got[name] == expected_gallery[name], (backend, name)
+        assert 0 < got["recall_at_1"] < got["recall_at_100"] < 1
+
+
+def test_chunked_search_of_some_queries_excludes_their_own_rows():
+    from pml_soproxy.evaluation import chunked_knn
+    from tests.references import knn_brute_force
+
+    x, _ = clustered(20, 2, 6, 8, 0.8, seed=18)
+    x = torch.from_numpy(x)
+    rows = torch.tensor([3, 0, 17, 8, 40])
+    expected = knn_brute_force(x, x, 6, True)[rows]
+    for backend in ("faiss", "torch"):
+        found = torch.cat([i for _, _, i in chunked_knn(
+            x[rows], x, 6, True, 2, backend, query_rows=rows)])  # fmt: skip
+        assert torch.equal(found, expected), backend

@@ -72,7 +72,7 @@ def pml_soproxy_site():
         if "/torch/" not in frame.filename and "test_host_syncs" not in frame.filename:
             path = frame.filename.split("site-packages/")[-1]
             if path.startswith(REPOSITORY):  # a checkout anywhere
-                path = path[len(REPOSITORY):]
+                path = path[len(REPOSITORY) :]
             return f"{path}:{frame.name}"
     return "?"
 
