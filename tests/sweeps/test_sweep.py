@@ -5,6 +5,7 @@ import glob
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import threading
@@ -136,7 +137,9 @@ def test_local_processes_interrupted_halfway_resume_only_unfinished_runs(
     for name in unfinished:
         log = open(os.path.join(runs, name, LOG)).read()
         assert log.count("== pml-soproxy sweep") == 2
-        assert f"run {name}, resumed" in log and "after epoch 1" in log
+        assert f"run {name}, resumed" in log
+        # the checkpoint may be of epoch 1 or of the last epoch (interrupted testing)
+        assert re.search(r"resuming .* after epoch [12]\b", log), log
     assert set(run_states(sweep, read_plan(sweep)).values()) == {"finished"}
 
     comparison = check_pairs_and_comparison(sweep)
