@@ -31,9 +31,77 @@ def _key_value(text: str):
         return key.strip(), value
 
 
-def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
-    from ..training.config import DATASET_NAMES, add_config_arguments, preset_names
+def _add_arguments(group, arguments: Dict[str, Dict[str, Any]]) -> None:
+    """``{flag or name: add_argument keywords}``, added to ``group`` in order."""
+    for flag, keywords in arguments.items():
+        group.add_argument(flag, **keywords)
+
+
+def _plan_arguments() -> Dict[str, Dict[str, Any]]:
+    from ..training.config import DATASET_NAMES, preset_names
+
+    layers = ", ".join(preset_names())
+    return {
+        "sweep_dir": dict(metavar="SWEEP_DIR", help="the sweep's folder"),
+        "--spec": dict(metavar="YAML", help="sweep spec: dataset, config (presets/YAML "
+                       "files), overrides (fixed keys), grid (key: [values]), pair_by; "
+                       "flags below add to it and win"),
+        "--grid": dict(action="append", default=[], metavar="KEY=V1,V2",
+                       help="a grid axis, e.g. so_weight=0,0.1,1 or seed=0,1,2 "
+                       "(repeatable; any config key)"),
+        "--pair-by": dict(metavar="KEY", help="the key whose value pairs runs across "
+                          "the other axes (default: seed)"),
+        "--dataset": dict(choices=DATASET_NAMES),
+        "--config": dict(action="append", default=[], metavar="YAML_OR_PRESET",
+                         help=f"config layer for every run ({layers} or a YAML file); "
+                         "repeatable"),
+        "--dry-run": dict(action="store_true", help="write the plan, list the runs "
+                          "and their states, train nothing"),
+    }  # fmt: skip
+
+
+def _execution_arguments() -> Dict[str, Dict[str, Any]]:
     from .runner import EXECUTORS
+
+    return {
+        "--executor": dict(choices=EXECUTORS, default="processes",
+                           help="processes: N worker processes here (default); local: "
+                           "submitit's local executor; slurm: SLURM jobs through "
+                           "submitit"),
+        "--processes": dict(type=_positive, default=1, metavar="N",
+                            help="runs at a time with --executor processes (default 1)"),
+        "--threads-per-process": dict(type=_positive, metavar="N", help="torch threads "
+                                      "of each process (default: the cores shared out)"),
+        "--visible-devices": dict(metavar="0,1,...", help="GPUs for --executor "
+                                  "processes: worker i sees only the i-th "
+                                  "(CUDA_VISIBLE_DEVICES), round robin"),
+    }  # fmt: skip
+
+
+def _submitit_arguments() -> Dict[str, Dict[str, Any]]:
+    return {
+        "--runs-per-job": dict(type=_positive, default=1, metavar="N",
+                               help="runs one job trains one after the other "
+                               "(default 1)"),
+        "--timeout-min": dict(type=_positive, default=24 * 60, metavar="MIN",
+                              help="time limit of a job (default 1440); when it runs "
+                              "out the job is requeued and resumes its runs"),
+        "--partition": dict(metavar="NAME", help="SLURM partition"),
+        "--gpus-per-node": dict(type=int, metavar="N", help="GPUs per job (pass 1 to "
+                                "train on a GPU; none by default)"),
+        "--cpus-per-task": dict(type=int, metavar="N"),
+        "--mem-gb": dict(type=float, metavar="GB"),
+        "--max-parallel": dict(type=_positive, metavar="N",
+                               help="SLURM: jobs of the array running at once"),
+        "--slurm": dict(action="append", default=[], type=_key_value,
+                        metavar="KEY=VALUE", help="any other submitit SLURM parameter, "
+                        "e.g. account=abc, qos=high, constraint=a100 (passed as "
+                        "slurm_KEY); repeatable"),
+    }  # fmt: skip
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    from ..training.config import add_config_arguments
 
     parser = subparsers.add_parser(
         "sweep",
@@ -44,77 +112,11 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
         "runs are skipped, interrupted ones resumed from their last checkpoint. "
         "`pml-soproxy sweep SWEEP_DIR` alone resumes a sweep.",
     )
-    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the sweep's folder")
-    parser.add_argument(
-        "--spec", metavar="YAML",
-        help="sweep spec: dataset, config (presets/YAML files), overrides (fixed "
-        "keys), grid (key: [values]), pair_by; flags below add to it and win",
-    )  # fmt: skip
-    parser.add_argument(
-        "--grid", action="append", default=[], metavar="KEY=V1,V2",
-        help="a grid axis, e.g. so_weight=0,0.1,1 or seed=0,1,2 (repeatable; any "
-        "config key)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pair-by", metavar="KEY",
-        help="the key whose value pairs runs across the other axes (default: seed)",
-    )  # fmt: skip
-    parser.add_argument("--dataset", choices=DATASET_NAMES)
-    parser.add_argument(
-        "--config", action="append", default=[], metavar="YAML_OR_PRESET",
-        help=f"config layer for every run ({', '.join(preset_names())} or a YAML "
-        "file); repeatable",
-    )  # fmt: skip
-    parser.add_argument(
-        "--dry-run", action="store_true",
-        help="write the plan, list the runs and their states, train nothing",
-    )  # fmt: skip
+    _add_arguments(parser, _plan_arguments())
     execution = parser.add_argument_group("where the runs execute")
-    execution.add_argument(
-        "--executor", choices=EXECUTORS, default="processes",
-        help="processes: N worker processes here (default); local: submitit's local "
-        "executor; slurm: SLURM jobs through submitit",
-    )  # fmt: skip
-    execution.add_argument(
-        "--processes", type=_positive, default=1, metavar="N",
-        help="runs at a time with --executor processes (default 1)",
-    )  # fmt: skip
-    execution.add_argument(
-        "--threads-per-process", type=_positive, metavar="N",
-        help="torch threads of each process (default: the cores shared out)",
-    )  # fmt: skip
-    execution.add_argument(
-        "--visible-devices", metavar="0,1,...",
-        help="GPUs for --executor processes: worker i sees only the i-th "
-        "(CUDA_VISIBLE_DEVICES), round robin",
-    )  # fmt: skip
+    _add_arguments(execution, _execution_arguments())
     cluster = parser.add_argument_group("submitit (--executor local or slurm)")
-    cluster.add_argument(
-        "--runs-per-job", type=_positive, default=1, metavar="N",
-        help="runs one job trains one after the other (default 1)",
-    )  # fmt: skip
-    cluster.add_argument(
-        "--timeout-min", type=_positive, default=24 * 60, metavar="MIN",
-        help="time limit of a job (default 1440); when it runs out the job is "
-        "requeued and resumes its runs",
-    )  # fmt: skip
-    cluster.add_argument("--partition", metavar="NAME", help="SLURM partition")
-    cluster.add_argument(
-        "--gpus-per-node", type=int, metavar="N",
-        help="GPUs per job (pass 1 to train on a GPU; none by default)",
-    )  # fmt: skip
-    cluster.add_argument("--cpus-per-task", type=int, metavar="N")
-    cluster.add_argument("--mem-gb", type=float, metavar="GB")
-    cluster.add_argument(
-        "--max-parallel", type=_positive, metavar="N",
-        help="SLURM: jobs of the array running at once",
-    )  # fmt: skip
-    cluster.add_argument(
-        "--slurm", action="append", default=[], type=_key_value,
-        metavar="KEY=VALUE",
-        help="any other submitit SLURM parameter, e.g. account=abc, qos=high, "
-        "constraint=a100 (passed as slurm_KEY); repeatable",
-    )  # fmt: skip
+    _add_arguments(cluster, _submitit_arguments())
     fixed = parser.add_argument_group(
         "config values of every run (as for train; a grid axis cannot be one)"
     )
@@ -180,28 +182,20 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
         help="the paired table of a sweep: mean ± std per value, paired differences "
         "against so_weight 0 with t-values, the value validation selects; a figure",
     )
-    parser.add_argument("sweep_dir", metavar="SWEEP_DIR")
-    parser.add_argument(
-        "--axis", default=DEFAULT_AXIS,
-        help=f"the grid axis compared (default {DEFAULT_AXIS})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--baseline", type=yaml.safe_load, metavar="VALUE",
-        help="the axis value differences are taken against (default 0 if the axis "
-        "has it, else its first value)",
-    )  # fmt: skip
-    parser.add_argument("--pair-by", metavar="KEY",
-                        help="default: the sweep's (seed)")  # fmt: skip
-    parser.add_argument(
-        "--metric", metavar="NAME",
-        help="the metric that selects on validation and is plotted (default: the "
-        "runs' selection_metric)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--output-dir", metavar="DIR",
-        help="where compare.json, compare.md, compare.png go (default SWEEP_DIR)",
-    )  # fmt: skip
-    parser.add_argument("--no-figure", action="store_true")
+    _add_arguments(parser, {
+        "sweep_dir": dict(metavar="SWEEP_DIR"),
+        "--axis": dict(default=DEFAULT_AXIS,
+                       help=f"the grid axis compared (default {DEFAULT_AXIS})"),
+        "--baseline": dict(type=yaml.safe_load, metavar="VALUE", help="the axis value "
+                           "differences are taken against (default 0 if the axis has "
+                           "it, else its first value)"),
+        "--pair-by": dict(metavar="KEY", help="default: the sweep's (seed)"),
+        "--metric": dict(metavar="NAME", help="the metric that selects on validation "
+                         "and is plotted (default: the runs' selection_metric)"),
+        "--output-dir": dict(metavar="DIR", help="where compare.json, compare.md, "
+                             "compare.png go (default SWEEP_DIR)"),
+        "--no-figure": dict(action="store_true"),
+    })  # fmt: skip
     parser.set_defaults(func=cmd_compare)
     return parser
 

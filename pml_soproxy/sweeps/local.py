@@ -94,6 +94,71 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+class WorkerPool:
+    """The spawned workers of :func:`run_processes`, the queues they share and what
+    they reported: ``workers`` (process -> index), ``running`` (pid -> run name),
+    ``outcomes`` (run name -> outcome)."""
+
+    def __init__(
+        self,
+        sweep_dir: str,
+        names: Sequence[str],
+        count: int,
+        threads: int,
+        visible_devices: Optional[Sequence[str]],
+        on_outcome: Callable[[Dict[str, str]], None],
+    ):
+        self.sweep_dir, self.names, self.threads = sweep_dir, names, threads
+        self.visible_devices, self.on_outcome = visible_devices, on_outcome
+        self.context = multiprocessing.get_context("spawn")
+        self.tasks, self.results = self.context.Queue(), self.context.Queue()
+        for name in names:
+            self.tasks.put(name)
+        for _ in range(count):
+            self.tasks.put(None)
+        self.workers: Dict[object, int] = {}
+        self.running: Dict[int, str] = {}
+        self.outcomes: Dict[str, Dict[str, str]] = {}
+
+    def start(self, index: int):
+        devices = self.visible_devices
+        device = devices[index % len(devices)] if devices else None
+        process = self.context.Process(
+            target=worker_main,
+            args=(self.sweep_dir, self.tasks, self.results, self.threads),
+            name=f"pml-soproxy-sweep-{index}",
+        )
+        threads = str(self.threads)
+        with environment(OMP_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES=device):
+            process.start()
+        self.workers[process] = index
+
+    def handle(self, message):
+        if message[0] == "start":
+            self.running[message[2]] = message[1]
+            return
+        _, name, ended = message
+        for pid, held in list(self.running.items()):
+            if held == name:
+                del self.running[pid]
+        self.outcomes[name] = ended
+        self.on_outcome(ended)
+
+    def reap(self):
+        """Workers that ended: a run a dead worker held is reported; a
+        replacement takes its place while runs wait."""
+        for process in [p for p in self.workers if not p.is_alive()]:
+            index = self.workers.pop(process)
+            name = self.running.pop(process.pid, None)
+            if name is None:
+                continue
+            self.handle(("end", name, outcome(
+                name, FAILED, f"its worker process died (exit code "
+                f"{process.exitcode}: killed, or out of memory?)")))  # fmt: skip
+            if len(self.outcomes) + len(self.running) < len(self.names):
+                self.start(index)
+
+
 def run_processes(
     sweep_dir: str,
     names: Sequence[str],
@@ -107,68 +172,23 @@ def run_processes(
     ``visible_devices[i % len]`` as its only one (CUDA_VISIBLE_DEVICES)."""
     count = max(1, min(processes, len(names)))
     threads = threads or max(1, available_cores() // count)
-    context = multiprocessing.get_context("spawn")
-    tasks, results = context.Queue(), context.Queue()
-    for name in names:
-        tasks.put(name)
-    for _ in range(count):
-        tasks.put(None)
-    workers: Dict[object, int] = {}
-    running: Dict[int, str] = {}
-    outcomes: Dict[str, Dict[str, str]] = {}
-
-    def start(index: int):
-        device = visible_devices[index % len(visible_devices)] if visible_devices \
-            else None  # fmt: skip
-        process = context.Process(
-            target=worker_main, args=(sweep_dir, tasks, results, threads),
-            name=f"pml-soproxy-sweep-{index}",
-        )  # fmt: skip
-        with environment(OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES=device):
-            process.start()
-        workers[process] = index
-
-    def handle(message):
-        if message[0] == "start":
-            running[message[2]] = message[1]
-            return
-        _, name, ended = message
-        for pid, held in list(running.items()):
-            if held == name:
-                del running[pid]
-        outcomes[name] = ended
-        on_outcome(ended)
-
-    def reap():
-        """Workers that ended: a run a dead worker held is reported; a
-        replacement takes its place while runs wait."""
-        for process in [p for p in workers if not p.is_alive()]:
-            index = workers.pop(process)
-            name = running.pop(process.pid, None)
-            if name is None:
-                continue
-            handle(("end", name, outcome(
-                name, FAILED, f"its worker process died (exit code "
-                f"{process.exitcode}: killed, or out of memory?)")))  # fmt: skip
-            if len(outcomes) + len(running) < len(names):
-                start(index)
-
+    pool = WorkerPool(sweep_dir, names, count, threads, visible_devices, on_outcome)
     try:
         with sigterm_interrupts():
             for index in range(count):
-                start(index)
-            while len(outcomes) < len(names) and workers:
+                pool.start(index)
+            while len(pool.outcomes) < len(names) and pool.workers:
                 try:
-                    handle(results.get(timeout=1.0))
+                    pool.handle(pool.results.get(timeout=1.0))
                 except queue.Empty:
-                    reap()
+                    pool.reap()
     except KeyboardInterrupt:
-        stop(list(workers), results, handle)
-        raise SweepInterrupted(outcomes) from None
+        stop(list(pool.workers), pool.results, pool.handle)
+        raise SweepInterrupted(pool.outcomes) from None
     finally:
-        for process in workers:
+        for process in pool.workers:
             process.join(timeout=STOP_TIMEOUT)
-    return outcomes
+    return pool.outcomes
 
 
 def stop(processes: List, results, handle):

@@ -77,17 +77,7 @@ def run_sweep(
         echo("nothing left to run")
         return {}
     bar = tqdm(total=len(todo), unit="run", desc="sweep", disable=not progress)
-
-    def on_outcome(ended: Dict[str, str]):
-        bar.update(1)
-        line = f"{ended['status']}: {ended['name']}: {ended['message']}"
-        if ended["status"] != FINISHED and ended["log"]:
-            line += f" (log: {ended['log']})"
-        if progress:
-            bar.write(line)
-        else:
-            echo(line)
-
+    on_outcome = outcome_reporter(bar, progress, echo)
     try:
         if executor == "processes":
             from .local import run_processes
@@ -101,15 +91,36 @@ def run_sweep(
                                     parameters or {}, on_outcome, echo)  # fmt: skip
     except SweepInterrupted:
         bar.close()
-        after = run_states(sweep_dir, plan)
-        left = [n for n, s in after.items() if s != "finished"]
-        echo(f"Interrupted: {len(after) - len(left)} of {len(after)} runs finished. "
-             f"Every run keeps its last epoch checkpoint: `pml-soproxy sweep "
-             f"{sweep_dir}` resumes the {len(left)} unfinished ones.")  # fmt: skip
+        echo_interrupted(sweep_dir, plan, echo)
         raise
     bar.close()
     check_outcomes(sweep_dir, todo, outcomes, echo)
     return outcomes
+
+
+def outcome_reporter(bar, progress: bool, echo) -> Callable[[Dict[str, str]], None]:
+    """What reports each run's outcome: one line (with its log unless it
+    finished) above the progress ``bar``, or through ``echo`` without one."""
+
+    def on_outcome(ended: Dict[str, str]):
+        bar.update(1)
+        line = f"{ended['status']}: {ended['name']}: {ended['message']}"
+        if ended["status"] != FINISHED and ended["log"]:
+            line += f" (log: {ended['log']})"
+        if progress:
+            bar.write(line)
+        else:
+            echo(line)
+
+    return on_outcome
+
+
+def echo_interrupted(sweep_dir: str, plan: Dict[str, Any], echo) -> None:
+    after = run_states(sweep_dir, plan)
+    left = [n for n, s in after.items() if s != "finished"]
+    echo(f"Interrupted: {len(after) - len(left)} of {len(after)} runs finished. "
+         f"Every run keeps its last epoch checkpoint: `pml-soproxy sweep "
+         f"{sweep_dir}` resumes the {len(left)} unfinished ones.")  # fmt: skip
 
 
 def check_outcomes(sweep_dir: str, todo: List[str],
