@@ -7,7 +7,9 @@ data = the in-memory ``digits`` dataset, no validation split), in one process:
   pipeline   ``pml_soproxy.training.Run(config).train()``: PML's MetricLossOnly
              trainer with MPerClassSampler, the timm train transform, AdamW for
              trunk/embedder/proxies, gradient clipping, LR schedulers, record-keeper
-             hooks, as ``pml-soproxy train`` runs it. Iteration times come from
+             hooks, as ``pml-soproxy train`` runs it (through ``TimedRun``, a
+             ``Run`` subclass whose trainer subclass, ``TimedTrainer``, takes the
+             timestamps). Iteration times come from
              timestamps at every per-iteration ``step_lr_schedulers`` call; the
              first iteration of each round (data-loader start-up) is dropped. Time spent inside
              the trainer's ``get_batch`` (data loading as the pipeline sees it) and
@@ -49,43 +51,67 @@ CONFIGS = {
 }
 
 
+class TimedTrainer(SOProxyTrainer):
+    """The recipe's trainer with timestamps: one at every per-iteration
+    ``step_lr_schedulers`` call (and after the data loader starts), the time
+    spent in ``get_batch``. Only public trainer methods are extended."""
+
+    probe = None  # a Probe, set by TimedRun
+
+    def step_lr_schedulers(self, end_of_epoch=False):
+        if not end_of_epoch:
+            synchronize(self.probe.device)
+            self.probe.marks.append(time.perf_counter())
+        return super().step_lr_schedulers(end_of_epoch)
+
+    def get_batch(self):
+        start = time.perf_counter()
+        out = super().get_batch()
+        self.probe.loading.append(time.perf_counter() - start)
+        return out
+
+    def initialize_dataloader(self):
+        super().initialize_dataloader()
+        self.probe.marks.append(time.perf_counter())
+
+
 class Probe:
-    """Timestamps patched into the trainer class for the duration of a run."""
+    """What one ``Run.train()`` recorded."""
 
     def __init__(self, device):
         self.device = device
-        self.marks, self.loading, self.epoch_ends = [], [], []
-        cls = SOProxyTrainer
-        self.saved = {
-            "step_lr_schedulers": cls.step_lr_schedulers,
-            "get_batch": cls.get_batch,
-            "initialize_dataloader": cls.initialize_dataloader,
-        }
-        probe = self
+        self.marks, self.loading = [], []
 
-        def step_lr_schedulers(trainer, end_of_epoch=False):
-            if not end_of_epoch:
-                synchronize(probe.device)
-                probe.marks.append(time.perf_counter())
-            return probe.saved["step_lr_schedulers"](trainer, end_of_epoch)
 
-        def get_batch(trainer):
-            start = time.perf_counter()
-            out = probe.saved["get_batch"](trainer)
-            probe.loading.append(time.perf_counter() - start)
-            return out
+class TimedRun(training.Run):
+    """A ``Run`` that trains with :class:`TimedTrainer` (a fresh :class:`Probe`
+    per ``train()``) and times its end-of-epoch work."""
 
-        def initialize_dataloader(trainer):
-            probe.saved["initialize_dataloader"](trainer)
-            probe.marks.append(time.perf_counter())
+    trainer_class = TimedTrainer  # read by Run.make_trainer where it supports it
 
-        cls.step_lr_schedulers = step_lr_schedulers
-        cls.get_batch = get_batch
-        cls.initialize_dataloader = initialize_dataloader
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.probe = Probe(self.device)
+        self.epoch_end = []
 
-    def restore(self):
-        for name, fn in self.saved.items():
-            setattr(SOProxyTrainer, name, fn)
+    def make_trainer(self):
+        trainer = super().make_trainer()
+        if not isinstance(trainer, TimedTrainer):
+            # a Run without the trainer_class attribute builds SOProxyTrainer:
+            # make this one instance (not the class) the subclass
+            trainer.__class__ = TimedTrainer
+        trainer.probe = self.probe
+        return trainer
+
+    def train(self):
+        self.probe = Probe(self.device)
+        return super().train()
+
+    def end_of_epoch(self, trainer):
+        start = time.perf_counter()
+        out = super().end_of_epoch(trainer)
+        self.epoch_end.append(time.perf_counter() - start)
+        return out
 
 
 def bare_loop(run, batch, labels, repeats, device):
@@ -147,23 +173,14 @@ def bench_config(name, args):
     with tempfile.TemporaryDirectory() as tmp:
         overrides["output_dir"] = tmp
         config = training.load_config("digits", overrides)
-        run = training.Run(config)
+        run = TimedRun(config)
         device = run.device
         batch = torch.stack([run.data.train[i][0] for i in range(config.batch_size)])
         batch = batch.to(device)
         labels = torch.arange(config.batch_size, device=device) % run.data.num_classes
         print(f"[{name}] bare loop warm-up ...", flush=True)
         bare_loop(run, batch, labels, 1, device)
-        original_end = run.end_of_epoch
-        epoch_end, bare, pipeline_steps, pipeline_loading = [], [], [], []
-
-        def end_of_epoch(trainer):
-            start = time.perf_counter()
-            out = original_end(trainer)
-            epoch_end.append(time.perf_counter() - start)
-            return out
-
-        run.end_of_epoch = end_of_epoch
+        bare, pipeline_steps, pipeline_loading = [], [], []
         for r in range(args.rounds):  # alternate, so that machine load hits both
             print(f"[{name}] round {r + 1}: bare loop ({iterations}) ...", flush=True)
             bare += bare_loop(run, batch, labels, iterations, device)
@@ -171,11 +188,8 @@ def bench_config(name, args):
                 f"[{name}] round {r + 1}: pipeline ({iterations + 1} iterations) ...",
                 flush=True,
             )
-            probe = Probe(device)
-            try:
-                run.train()
-            finally:
-                probe.restore()
+            run.train()
+            probe = run.probe
             steps = [b - a for a, b in zip(probe.marks, probe.marks[1:])]
             pipeline_steps += steps[1:]  # drop the first iteration of each round
             pipeline_loading += probe.loading[1:]
@@ -199,7 +213,7 @@ def bench_config(name, args):
         "bare_s": bare_s,
         "bare_steps_s": bare,
         "loading_only_s": load_s,
-        "end_of_epoch_s": statistics.median(epoch_end) if epoch_end else None,
+        "end_of_epoch_s": (statistics.median(run.epoch_end) if run.epoch_end else None),
         "rounds": args.rounds,
         "pipeline_images_per_s": config.batch_size / pipe,
         "bare_images_per_s": config.batch_size / bare_s,

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pml_soproxy import trunks
 from pml_soproxy.trunks import (
     Trunk,
     create_transforms,
     create_trunk,
     deit_trunk,
     get_transforms,
+    weights,
 )
 
 TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2)
@@ -307,7 +307,7 @@ def test_download_failure_becomes_one_sentence(monkeypatch):
         raise huggingface_hub.errors.LocalEntryNotFoundError("connection error")
 
     go_online(monkeypatch)
-    monkeypatch.setattr(trunks, "_reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(weights, "_reachable", lambda url, timeout=3.0: True)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     with pytest.raises(RuntimeError, match="checkpoint_path") as info:
         deit_trunk(DEIT, **TINY)
@@ -329,3 +329,25 @@ def test_bad_arguments(tmp_path):
         deit_trunk(DEIT, pretrained=False, num_classes=10, **TINY)
     with pytest.raises(ValueError, match="pretrained=False"):
         deit_trunk(DEIT, pretrained=False, checkpoint_path=tmp_path / "x.pth")
+
+
+class _Payload:
+    """A pickled object: reading it would need a full (unsafe) unpickle."""
+
+
+def test_checkpoint_is_never_unpickled(tmp_path):
+    state_dict = source_model(DEIT).state_dict()
+    path = tmp_path / "pickled.pth"
+    torch.save({"model": state_dict, "payload": _Payload()}, path)
+    with pytest.raises(RuntimeError, match=r"Could not read checkpoint .*pickled\.pth"):
+        deit_trunk(DEIT, checkpoint_path=path, **TINY)
+
+
+def test_package_keeps_the_names_others_import():
+    from pml_soproxy import trunks
+
+    assert trunks._pretrained_cfg is trunks.pretrained_cfg
+    assert trunks._find_cached_weights is weights.find_cached_weights
+    assert trunks._download_weights is weights.download_weights
+    assert trunks._summarise_load_error is weights.summarise_load_error
+    assert trunks._find_cached_weights(trunks._pretrained_cfg(DEIT)) is None

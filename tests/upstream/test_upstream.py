@@ -468,6 +468,11 @@ def check_with_stdin(command, text):
     )
 
 
+def exported_suite(contribution):
+    """The contribution's test suite as the exporter writes it into PML's tree."""
+    return upstream.pml_test_suite(contribution.our_test.read_text())
+
+
 @pytest.mark.parametrize("contribution", upstream.CONTRIBUTIONS, ids=lambda c: c.module)
 @pytest.mark.parametrize(
     "tool, command",
@@ -481,49 +486,118 @@ def check_with_stdin(command, text):
         ("flake8", ["flake8", "--isolated", PML_FLAKE8_IGNORE, "-"]),
     ],
 )
-def test_test_templates_are_formatted_as_pml_requires(contribution, tool, command):
+def test_exported_suites_are_formatted_as_pml_requires(contribution, tool, command):
     if not has_tool(tool):
         pytest.skip("{} is not installed".format(tool))
-    completed = check_with_stdin(command, contribution.test_template.read_text())
+    completed = check_with_stdin(command, exported_suite(contribution))
     assert completed.returncode == 0, completed.stdout
 
 
 @pytest.mark.parametrize("contribution", upstream.CONTRIBUTIONS, ids=lambda c: c.module)
-def test_test_templates_use_pml_unittest_conventions(contribution):
-    template = contribution.test_template.read_text()
-    tree = ast.parse(template)
-    assert "from .. import TEST_DEVICE, TEST_DTYPES\n" in template
-    assert "for dtype in TEST_DTYPES:" in template
-    assert "rtol = 1e-2 if dtype == torch.float16 else 1e-5" in template
-    assert (
-        "loop_soft_orthogonality" in template and "naive_soft_orthogonality" in template
-    )
+def test_the_suite_is_ours_and_pmls(contribution):
+    """One suite: ours (collected by our pytest from tests/<subpackage>/) and,
+    with only its import block rewritten, PML's."""
+    ours = contribution.our_test.read_text()
+    assert contribution.our_test == ROOT / contribution.pml_test
+    assert "from . import TEST_DEVICE, TEST_DTYPES\n" in ours
+    exported = exported_suite(contribution)
+    assert non_import_body(exported) == non_import_body(ours)
+    tree = ast.parse(exported)
+    assert "from .. import TEST_DEVICE, TEST_DTYPES\n" in exported
+    assert "for dtype in TEST_DTYPES:" in exported
+    assert "rtol = 1e-2 if dtype == torch.float16 else 1e-5" in exported
+    assert "loop_soft_orthogonality" in exported
+    assert "naive_soft_orthogonality" in exported
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     assert [ast.unparse(base) for c in classes for base in c.bases] == [
         "unittest.TestCase"
     ]
-    assert "pml_soproxy" not in template and "pytest" not in template
+    assert "pml_soproxy" not in exported and "pytest" not in exported
+    assert "from pytorch_metric_learning.{} import".format(
+        contribution.subpackage
+    ) in exported.replace("(\n    ", "")
+
+
+def test_suite_imports_become_pmls():
+    source = (
+        "import unittest\n\n"
+        "import numpy as np\n"
+        "import torch\n"
+        "from pytorch_metric_learning.losses import ProxyAnchorLoss\n"
+        "from pytorch_metric_learning.utils import common_functions as c_f\n\n"
+        "from pml_soproxy import SoftOrthogonalityRegularizer\n"
+        "from pml_soproxy.losses import SoftOrthogonalProxyAnchorLoss\n"
+        "from pml_soproxy.regularizers.soft_orthogonality_regularizer import (\n"
+        "    _RowwiseSoftOrthogonality,\n"
+        ")\n\n"
+        "from . import TEST_DEVICE, TEST_DTYPES\n"
+        "\n\nclass A:\n    pass\n"
+    )
+    assert upstream.pml_test_suite(source) == (
+        "import unittest\n\n"
+        "import numpy as np\n"
+        "import torch\n\n"
+        "from pytorch_metric_learning.losses import (\n"
+        "    ProxyAnchorLoss,\n"
+        "    SoftOrthogonalProxyAnchorLoss,\n"
+        ")\n"
+        "from pytorch_metric_learning.regularizers import SoftOrthogonalityRegularizer\n"
+        "from pytorch_metric_learning.regularizers.soft_orthogonality_regularizer import (\n"
+        "    _RowwiseSoftOrthogonality,\n"
+        ")\n"
+        "from pytorch_metric_learning.utils import common_functions as c_f\n\n"
+        "from .. import TEST_DEVICE, TEST_DTYPES\n"
+        "\n\nclass A:\n    pass\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("from tests.references import so_rows_loop", "PML's tests have no tests"),
+        ("from .helpers import f", "PML's tests have no .helpers"),
+        ("from . import TEST_DEVICE, WITH_GPU", "only TEST_DEVICE and TEST_DTYPES"),
+        ("from pml_soproxy.trunks import create_trunk", "not sent upstream"),
+        ("from pml_soproxy import create_trunk", "not sent upstream"),
+        ("from pml_soproxy.losses import SoftOrthogonalityRegularizer", "not sent"),
+        ("from pml_soproxy.training import Run", "not sent upstream"),
+        ("import pml_soproxy.losses", "from ... import"),
+    ],
+)
+def test_suite_imports_that_cannot_go_upstream_are_refused(line, message):
+    with pytest.raises(upstream.UpstreamError, match=message):
+        upstream.pml_test_suite("import torch\n" + line + "\n")
+
+
+def test_late_suite_import_of_ours_is_refused():
+    source = "import torch\n\n\ndef f():\n    from pml_soproxy import losses\n"
+    with pytest.raises(upstream.UpstreamError, match="move the import"):
+        upstream.pml_test_suite(source)
 
 
 @pytest.mark.slow
-def test_templates_pass_against_the_installed_pml(tmp_path):
-    """Run the PML-format tests with PML's unittest runner, our classes standing in
+def test_exported_suites_pass_against_the_installed_pml(tmp_path):
+    """Run the exported tests with PML's unittest runner, our classes standing in
     for the ones the pull request adds (no PML source tree needed)."""
     write(
         tmp_path / "tests" / "__init__.py",
+        "import sys\n\n"
         "import torch\n"
         "import pytorch_metric_learning.losses\n"
         "import pytorch_metric_learning.regularizers\n"
         "from pml_soproxy import SoftOrthogonalityRegularizer as R\n"
-        "from pml_soproxy import SoftOrthogonalProxyAnchorLoss as L\n\n"
+        "from pml_soproxy import SoftOrthogonalProxyAnchorLoss as L\n"
+        "from pml_soproxy.regularizers import soft_orthogonality_regularizer\n\n"
         "pytorch_metric_learning.regularizers.SoftOrthogonalityRegularizer = R\n"
         "pytorch_metric_learning.losses.SoftOrthogonalProxyAnchorLoss = L\n"
+        "sys.modules['pytorch_metric_learning.regularizers."
+        "soft_orthogonality_regularizer'] = soft_orthogonality_regularizer\n"
         "TEST_DTYPES = [torch.float16, torch.float32, torch.float64]\n"
         "TEST_DEVICE = torch.device('cpu')\n",
     )
     for contribution in upstream.CONTRIBUTIONS:
         write(tmp_path / "tests" / contribution.subpackage / "__init__.py", "")
-        shutil.copyfile(contribution.test_template, tmp_path / contribution.pml_test)
+        write(tmp_path / contribution.pml_test, exported_suite(contribution))
     completed = subprocess.run(
         [sys.executable, "-m", "unittest"]
         + [c.test_module for c in upstream.CONTRIBUTIONS],
