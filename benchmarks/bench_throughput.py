@@ -87,7 +87,7 @@ class TimedRun(training.Run):
     """A ``Run`` that trains with :class:`TimedTrainer` (a fresh :class:`Probe`
     per ``train()``) and times its end-of-epoch work."""
 
-    trainer_class = TimedTrainer  # read by Run.make_trainer where it supports it
+    trainer_class = TimedTrainer  # what Run.make_trainer builds
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -96,10 +96,6 @@ class TimedRun(training.Run):
 
     def make_trainer(self):
         trainer = super().make_trainer()
-        if not isinstance(trainer, TimedTrainer):
-            # a Run without the trainer_class attribute builds SOProxyTrainer:
-            # make this one instance (not the class) the subclass
-            trainer.__class__ = TimedTrainer
         trainer.probe = self.probe
         return trainer
 

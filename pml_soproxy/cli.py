@@ -57,22 +57,14 @@ def resolved_config(args, **replace):
 
 def print_config(resolved) -> int:
     """The resolved config as YAML that --config reads back, sources as comments."""
-    import json
+    from .training.config import commented_yaml
 
-    from .training.loading import describe_auto
-
-    config = resolved.config
-    notes = {"num_workers": describe_auto(config.num_workers, config.device)}
-    for key, value in config.to_dict().items():
-        if key != "dataset":
-            note = f"; {notes[key]}" if key in notes else ""
-            print(f"{key}: {json.dumps(value)}  # {resolved.sources[key]}{note}")
+    print("\n".join(commented_yaml(resolved)))
     return 0
 
 
 def cmd_train(args) -> int:
-    from .evaluation import format_accuracies
-    from .report import results_header
+    from .report import results_summary
     from .training import train
 
     resolved = resolved_config(args)
@@ -81,15 +73,13 @@ def cmd_train(args) -> int:
     results = train(resolved.config, resume=args.resume, overwrite=args.overwrite)
     if results is None:  # a non-zero rank under torchrun: rank 0 reports
         return 0
-    print(f"\n{results_header(results)}")
-    print(format_accuracies(results["test"]))
+    print(f"\n{results_summary(results)}")
     print(f"results: {os.path.join(resolved.config.output_dir, 'results.json')}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import format_accuracies
-    from .report import results_header
+    from .report import results_summary
     from .training.evaluate import (
         default_evaluation_path,
         evaluate_run,
@@ -99,8 +89,7 @@ def cmd_evaluate(args) -> int:
     results = evaluate_run(
         args.checkpoint, data_root=args.data_root, device=args.device
     )
-    print(results_header(results))
-    print(format_accuracies(results["test"]))  # before any file is written
+    print(results_summary(results))  # before any file is written
     output = args.output or default_evaluation_path(args.checkpoint)
     try:
         write_evaluation(results, output)
@@ -168,13 +157,8 @@ class Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="pml-soproxy", description="Soft Orthogonal Proxies for metric learning"
-    )
-    parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_recipe_parsers(sub: argparse._SubParsersAction):
+    """``train``, ``evaluate`` and ``demo``: the native recipe's doors."""
     train = sub.add_parser(
         "train",
         help="train on a dataset, keep the epoch chosen on validation classes, "
@@ -208,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(demo, dataset_default="digits")
     demo.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="pml-soproxy", description="Soft Orthogonal Proxies for metric learning"
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_recipe_parsers(sub)  # train, evaluate, demo
 
     from .retrieval.commands import add_parsers as add_retrieval_parsers
 
@@ -276,29 +269,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         return func(args)
     except KeyboardInterrupt:
         if args.command in ("train", "demo") and rank == "0":
-            from .training.run import interrupted_message
+            from .training.run_folder import interrupted_message
 
             folder = getattr(args, "output_dir", None) or "the run folder"
             print(f"\n{interrupted_message(folder)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except expected_errors() as err:
-        from .training import ConfigError
+        return report_error(err, args.command, rank)
 
-        if rank != "0" and isinstance(err, ConfigError):
-            return EXIT_ERROR  # every rank has the same config: rank 0 says it
-        from .datasets import ImageLoadError
 
-        where = "" if rank == "0" else f"[rank {rank}] "
-        message = one_line(err)
-        if isinstance(err, ImageLoadError) and args.command in ("train", "demo"):
-            if "max_image_pixels" not in message:
-                message += (
-                    " (pass --skip-bad-images to replace unreadable training images "
-                    "by others of their class and list them in the run folder)"
-                )
-        err.__traceback__ = None  # frees DataLoader workers held by the traceback
-        print(f"pml-soproxy: error: {where}{message}", file=sys.stderr)
-        return EXIT_ERROR
+def report_error(err: BaseException, command: str, rank: str) -> int:
+    """One line ``pml-soproxy: error: ...`` (rank 0 alone for a config error)."""
+    from .datasets import ImageLoadError
+    from .training import ConfigError
+
+    if rank != "0" and isinstance(err, ConfigError):
+        return EXIT_ERROR  # every rank has the same config: rank 0 says it
+    where = "" if rank == "0" else f"[rank {rank}] "
+    message = one_line(err)
+    if isinstance(err, ImageLoadError) and command in ("train", "demo"):
+        if "max_image_pixels" not in message:
+            message += (
+                " (pass --skip-bad-images to replace unreadable training images "
+                "by others of their class and list them in the run folder)"
+            )
+    err.__traceback__ = None  # frees DataLoader workers held by the traceback
+    print(f"pml-soproxy: error: {where}{message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

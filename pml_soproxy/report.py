@@ -47,6 +47,13 @@ def results_header(results: Dict[str, Any]) -> str:
     )
 
 
+def results_summary(results: Dict[str, Any]) -> str:
+    """The header and the test metrics of a run's results, as the CLI prints them."""
+    from .evaluation import format_accuracies
+
+    return f"{results_header(results)}\n{format_accuracies(results['test'])}"
+
+
 def metric_order(name: str):
     if name.startswith("recall_at_"):
         return (0, int(name.rsplit("_", 1)[1]), name)

@@ -341,13 +341,3 @@ def test_checkpoint_is_never_unpickled(tmp_path):
     torch.save({"model": state_dict, "payload": _Payload()}, path)
     with pytest.raises(RuntimeError, match=r"Could not read checkpoint .*pickled\.pth"):
         deit_trunk(DEIT, checkpoint_path=path, **TINY)
-
-
-def test_package_keeps_the_names_others_import():
-    from pml_soproxy import trunks
-
-    assert trunks._pretrained_cfg is trunks.pretrained_cfg
-    assert trunks._find_cached_weights is weights.find_cached_weights
-    assert trunks._download_weights is weights.download_weights
-    assert trunks._summarise_load_error is weights.summarise_load_error
-    assert trunks._find_cached_weights(trunks._pretrained_cfg(DEIT)) is None

@@ -13,7 +13,12 @@
 * ``InShopSplitManager`` (split_manager): class-disjoint folds over the official
   In-Shop training items for train/val, the official query items as ``test``
   and the gallery items as ``gallery`` (the test queries' reference set).
-* our loss, regulariser and ``RecallAtKCalculator``.
+* our loss, regulariser and ``RecallAtKCalculator`` (the eval configs pass it
+  ``dataset: <name>``, so its K set comes from the dataset's protocol record).
+
+Dataset facts (K sets, query/gallery splits) are read from the readers'
+``protocol`` records and public attributes (``InShop.evaluation_status``), never
+from their files or internals.
 """
 
 from __future__ import annotations
@@ -99,7 +104,15 @@ def _no_download(name: str, download: bool):
 
 
 class _PBItems:
-    """PB's item format: ``{"data": transformed image, "label": int}``."""
+    """PB's dataset protocol over one of our readers: ``(root, transform,
+    download)`` (the whole release, split ``"all"``, unless ``split`` is given);
+    items ``{"data": transformed image, "label": int}``."""
+
+    def __init__(
+        self, root, transform: Optional[Callable] = None, download=False, split="all"
+    ):
+        _no_download(type(self).__name__, download)
+        super().__init__(root, split, transform)
 
     def __getitem__(self, index):
         image, label = super().__getitem__(index)
@@ -109,51 +122,19 @@ class _PBItems:
 class CUB200(_PBItems, _datasets.CUB200):
     """CUB-200-2011 (all 200 classes) for PB; root: the folder or a parent."""
 
-    def __init__(
-        self, root, transform: Optional[Callable] = None, download=False, split="all"
-    ):
-        _no_download(type(self).__name__, download)
-        super().__init__(root, split, transform)
-
 
 class Cars196(_PBItems, _datasets.Cars196):
     """Cars196 (all 196 classes) for PB; official ``cars_annos.mat`` or mirror."""
-
-    def __init__(
-        self, root, transform: Optional[Callable] = None, download=False, split="all"
-    ):
-        _no_download(type(self).__name__, download)
-        super().__init__(root, split, transform)
 
 
 class StanfordOnlineProducts(_PBItems, _datasets.StanfordOnlineProducts):
     """Stanford Online Products (all 22,634 classes) for PB."""
 
-    def __init__(
-        self, root, transform: Optional[Callable] = None, download=False, split="all"
-    ):
-        _no_download(type(self).__name__, download)
-        super().__init__(root, split, transform)
-
 
 class InShop(_PBItems, _datasets.InShop):
-    """In-Shop Clothes Retrieval, every item, with ``evaluation_status`` per image
-    (``"train"``, ``"query"``, ``"gallery"``) for :class:`InShopSplitManager`."""
-
-    def __init__(self, root, transform: Optional[Callable] = None, download=False):
-        _no_download(type(self).__name__, download)
-        super().__init__(root, "all", transform)
-        list_dir = _datasets.base.find_dataset_dir(
-            type(self).__name__, root, "list_eval_partition.txt", "In-Shop"
-        )
-        rows = _datasets.base.read_rows(
-            type(self).__name__,
-            list_dir / "list_eval_partition.txt",
-            _datasets.inshop.HEADER,
-            skip=2,
-        )
-        self.evaluation_status = np.asarray([status for _, (_, _, status) in rows])
-        assert len(self.evaluation_status) == len(self.labels)
+    """In-Shop Clothes Retrieval, every item, with the reader's
+    ``evaluation_status`` per image (``"train"``, ``"query"``, ``"gallery"``) for
+    :class:`InShopSplitManager`."""
 
 
 #####################
@@ -205,11 +186,12 @@ class InShopSplitManager(_split_manager_base()):
         sample = pb_cf.first_val_of_dict(pb_cf.first_val_of_dict(datasets))
         status = d_u.get_dataset_attr(sample, "evaluation_status")
         labels = self.get_labels(dataset=sample)
-        is_train = status == "train"
+        protocol = _datasets.InShop.protocol  # PB's "test" = the official queries
+        is_train = status == protocol.train_split
         train_classes = np.array(sorted(set(labels[is_train].tolist())))
         fixed = {
-            "test": np.flatnonzero(status == "query"),
-            "gallery": np.flatnonzero(status == "gallery"),
+            "test": np.flatnonzero(status == protocol.query_split),
+            "gallery": np.flatnonzero(status == protocol.gallery_split),
         }
         kfold = KFold(
             n_splits=self.num_training_partitions,

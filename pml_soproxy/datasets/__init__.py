@@ -1,4 +1,5 @@
-"""Deep metric learning datasets: official layouts, standard class-disjoint splits."""
+"""Deep metric learning datasets: official layouts, standard class-disjoint splits,
+and each dataset's evaluation protocol (``protocol_of(name)``)."""
 
 from .bad_images import SkipBadImages, read_skipped
 from .base import (
@@ -7,6 +8,7 @@ from .base import (
     DatasetFormatError,
     ImageListDataset,
     ImageLoadError,
+    Listing,
     image_to_rgb,
     load_rgb,
     set_max_image_pixels,
@@ -16,6 +18,7 @@ from .cub200 import CUB200
 from .digits import Digits
 from .image_folder import ImageFolder
 from .inshop import InShop
-from .registry import DATASETS, create_dataset
+from .protocol import DatasetProtocol
+from .registry import DATASETS, PROTOCOLS, create_dataset, dataset_class, protocol_of
 from .splits import ClassSubset, class_disjoint_split, train_val_split
 from .stanford_online_products import StanfordOnlineProducts

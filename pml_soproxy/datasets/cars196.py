@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .base import (
     DatasetFormatError,
     ImageListDataset,
-    check_files_exist,
-    check_root,
-    check_split,
-    find_dirs,
+    Listing,
+    find_one_dir,
+    in_split,
     list_images,
     list_subdirs,
 )
+from .protocol import DatasetProtocol
 
 NUM_CLASSES = 196
 NUM_TRAIN_CLASSES = 98  # standard zero-shot split: classes 1-98 train, 99-196 test
 FIELDS = ("relative_im_path", "class")
+#: the standard split, for the protocol record
+OFFICIAL_SPLIT = "class ids 1-98 train, 99-196 test (the test flag ignored)"
 EXPECTED = (
     "either the official release (cars_annos.mat with its car_ims/ folder beside it) "
     "or a class-folder mirror: train/<class name>/ and test/<class name>/ (e.g. "
@@ -115,35 +117,34 @@ class Cars196(ImageListDataset):
     are the official names (layout 1, when the mat has them) or folder names.
     """
 
-    splits = ("train", "test", "all")
+    protocol = DatasetProtocol("cars196", (1, 2, 4, 8), 4, OFFICIAL_SPLIT)
+    expected = EXPECTED
 
-    def __init__(
-        self, root, split: str = "train", transform: Optional[Callable] = None
-    ):
-        name = type(self).__name__
-        check_split(name, split, self.splits)
-        rootp = check_root(name, root, EXPECTED)
-        mats = find_dirs(rootp, lambda d: (d / "cars_annos.mat").is_file(), 2)
-        if len(mats) > 1:
-            raise DatasetFormatError(
-                f"{name}: ambiguous root {rootp}: cars_annos.mat found in "
-                f"{', '.join(str(m) for m in mats)}; pass one of them as root"
-            )
-        if mats:
-            base = mats[0]
-            paths, classes, names, listed_in = self._official(base / "cars_annos.mat")
+    def read_split(self, root: Path, split: str) -> Listing:
+        mat_dir = find_one_dir(
+            self.name,
+            root,
+            lambda d: (d / "cars_annos.mat").is_file(),
+            "cars_annos.mat",
+            2,
+        )
+        if mat_dir is not None:
+            base = mat_dir
+            paths, classes, names = self._official(base / "cars_annos.mat")
+            listed_in = base / "cars_annos.mat"
         else:
-            base, paths, classes, names = self._mirror(rootp)
+            base, paths, classes, names = self._mirror(root)
             listed_in = base
         keep = [
-            i
-            for i, c in enumerate(classes)
-            if split == "all" or (c <= NUM_TRAIN_CLASSES) == (split == "train")
+            i for i, c in enumerate(classes) if in_split(split, c <= NUM_TRAIN_CLASSES)
         ]
-        paths = [paths[i] for i in keep]
-        classes = [classes[i] for i in keep]
-        check_files_exist(name, paths, listed_in)
-        super().__init__(paths, classes, split, transform, names, root=base)
+        return Listing(
+            [paths[i] for i in keep],
+            [classes[i] for i in keep],
+            root=base,
+            class_names=names,
+            listed_in=listed_in,
+        )
 
     @staticmethod
     def _official(mat_path: Path):
@@ -172,20 +173,19 @@ class Cars196(ImageListDataset):
         names = None
         if class_names:
             names = {i + 1: n for i, n in enumerate(class_names)}
-        return paths, classes, names, mat_path
+        return paths, classes, names
 
     @classmethod
     def _mirror(cls, root: Path) -> Tuple[Path, List[str], List[int], Dict[int, str]]:
-        split_dirs = find_dirs(
-            root, lambda d: (d / "train").is_dir() and (d / "test").is_dir(), 3
+        split_dir = find_one_dir(
+            "Cars196",
+            root,
+            lambda d: (d / "train").is_dir() and (d / "test").is_dir(),
+            "train/ and test/",
+            3,
         )
-        if len(split_dirs) > 1:
-            raise DatasetFormatError(
-                f"Cars196: ambiguous root {root}: train/ and test/ folders found in "
-                f"{', '.join(str(d) for d in split_dirs)}; pass one of them as root"
-            )
-        if split_dirs:
-            base = split_dirs[0]
+        if split_dir is not None:
+            base = split_dir
             parts = [base / "train", base / "test"]
         else:
             sub = list_subdirs(str(root))
@@ -212,6 +212,18 @@ class Cars196(ImageListDataset):
                 f"expected {EXPECTED}"
             )
 
+        index = cls._class_index(base, folders)
+        paths, classes = [], []
+        for cname in sorted(folders, key=lambda f: index[f]):
+            paths.extend(folders[cname])
+            classes.extend([index[cname]] * len(folders[cname]))
+        names = {index[f]: f for f in folders}
+        return base, paths, classes, names
+
+    @classmethod
+    def _class_index(cls, base: Path, folders) -> Dict[str, int]:
+        """Official class index (1..196) of each class folder: its line in
+        names.csv, else its position among all 196 sorted folder names."""
         names_csv = cls._find_names_csv(base)
         if names_csv is not None:
             index = cls._read_names_csv(names_csv)
@@ -231,13 +243,7 @@ class Cars196(ImageListDataset):
                     "train); add names.csv or use the 'folder' dataset"
                 )
             index = {f: i + 1 for i, f in enumerate(sorted(folders))}
-
-        paths, classes = [], []
-        for cname in sorted(folders, key=lambda f: index[f]):
-            paths.extend(folders[cname])
-            classes.extend([index[cname]] * len(folders[cname]))
-        names = {index[f]: f for f in folders}
-        return base, paths, classes, names
+        return index
 
     @staticmethod
     def _find_names_csv(base: Path) -> Optional[Path]:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from pathlib import Path
 
 from .base import (
     DatasetFormatError,
     ImageListDataset,
-    check_files_exist,
-    check_split,
-    find_dataset_dir,
+    Listing,
+    in_split,
     parse_int,
     read_rows,
     require_file,
 )
+from .protocol import DatasetProtocol
 
+NUM_TRAIN_CLASSES = 100  # standard zero-shot split: class ids 1-100 train
+#: the standard split, for the protocol record
+OFFICIAL_SPLIT = "class ids 1-100 train, 101-200 test"
 EXPECTED = (
     "the official CUB_200_2011 release: images.txt, image_class_labels.txt, images/ "
     "(root may be the CUB_200_2011 folder or its parent)"
@@ -30,14 +33,11 @@ class CUB200(ImageListDataset):
     ``"all"`` = every class. Labels are 0-based in class-id order within the split.
     """
 
-    splits = ("train", "test", "all")
+    protocol = DatasetProtocol("cub200", (1, 2, 4, 8), 4, OFFICIAL_SPLIT)
+    expected, marker = EXPECTED, "images.txt"
 
-    def __init__(
-        self, root, split: str = "train", transform: Optional[Callable] = None
-    ):
-        name = type(self).__name__
-        check_split(name, split, self.splits)
-        base = find_dataset_dir(name, root, "images.txt", EXPECTED)
+    def read_split(self, base: Path, split: str) -> Listing:
+        name = self.name
         images_txt = base / "images.txt"
         labels_txt = require_file(name, base / "image_class_labels.txt", EXPECTED)
 
@@ -68,11 +68,12 @@ class CUB200(ImageListDataset):
                     f"class in {labels_txt}"
                 )
             cls = classes[img_id]
-            if split == "train" and cls > 100 or split == "test" and cls <= 100:
+            if not in_split(split, cls <= NUM_TRAIN_CLASSES):
                 continue
             paths.append(str(base / "images" / rel))
             raw.append(cls)
             lines.append(lineno)
             class_names.setdefault(cls, rel.replace("\\", "/").split("/")[0])
-        check_files_exist(name, paths, images_txt, lines)
-        super().__init__(paths, raw, split, transform, class_names, root=base)
+        return Listing(
+            paths, raw, class_names=class_names, listed_in=images_txt, lines=lines
+        )

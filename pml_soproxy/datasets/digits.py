@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 
-from .base import ImageListDataset, check_split
+from .base import ImageListDataset, Listing, in_split
+from .protocol import DatasetProtocol
+
+#: the standard split, for the protocol record
+OFFICIAL_SPLIT = "digits 0-4 train, 5-9 test"
 
 
 class Digits(ImageListDataset):
@@ -21,27 +26,25 @@ class Digits(ImageListDataset):
     into ``load_digits``.
     """
 
-    splits = ("train", "test", "all")
+    protocol = DatasetProtocol("digits", (1, 2, 4, 8), 20, OFFICIAL_SPLIT)
 
-    def __init__(
-        self, root=None, split: str = "train", transform: Optional[Callable] = None
-    ):
+    def __init__(self, root=None, split: str = "train", transform=None):
+        super().__init__(root, split, transform)
+
+    def locate(self, root) -> None:
+        return None  # built in: no folder
+
+    def read_split(self, folder: Optional[Path], split: str) -> Listing:
         from sklearn.datasets import load_digits
 
-        check_split(type(self).__name__, split, self.splits)
         data = load_digits()
         targets = np.asarray(data.target, dtype=np.int64)
-        if split == "train":
-            keep = np.flatnonzero(targets < 5)
-        elif split == "test":
-            keep = np.flatnonzero(targets >= 5)
-        else:
-            keep = np.arange(len(targets))
+        keep = np.flatnonzero([in_split(split, t < 5) for t in targets])
         self.indices = keep
         self.images = (
             np.round(data.images[keep] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
         )
-        super().__init__([f"digits#{i}" for i in keep], targets[keep], split, transform)
+        return Listing([f"digits#{i}" for i in keep], targets[keep])
 
     def load_image(self, index: int) -> Image.Image:
         """The untransformed 8x8 RGB image at ``index``."""

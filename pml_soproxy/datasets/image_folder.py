@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable, Optional
 
 from .base import (
     IMAGE_EXTENSIONS,
     DatasetFormatError,
     ImageListDataset,
-    check_root,
-    check_split,
+    Listing,
     list_images,
     list_subdirs,
 )
+from .protocol import DatasetProtocol
 
+#: the standard split, for the protocol record
+OFFICIAL_SPLIT = (
+    "none: the first half of the class folders (by name) train, the rest test"
+)
 EXPECTED = (
     "one sub-folder per class holding its images: <root>/<class name>/<image>"
     + (" (extensions " + " ".join(IMAGE_EXTENSIONS) + ", any case)")
@@ -32,7 +37,8 @@ class ImageFolder(ImageListDataset):
     the split; ``class_names`` are the folder names.
     """
 
-    splits = ("train", "test", "all")
+    protocol = DatasetProtocol("folder", (1, 2, 4, 8), 4, OFFICIAL_SPLIT)
+    expected = EXPECTED
 
     def __init__(
         self,
@@ -41,13 +47,15 @@ class ImageFolder(ImageListDataset):
         transform: Optional[Callable] = None,
         train_fraction: float = 0.5,
     ):
-        name = type(self).__name__
-        check_split(name, split, self.splits)
         if not 0.0 < train_fraction < 1.0:
             raise ValueError(
-                f"{name}: train_fraction must be in (0, 1), got {train_fraction}"
+                f"{self.name}: train_fraction must be in (0, 1), got {train_fraction}"
             )
-        rootp = check_root(name, root, EXPECTED)
+        self.train_fraction = train_fraction
+        super().__init__(root, split, transform)
+
+    def read_split(self, rootp: Path, split: str) -> Listing:
+        name = self.name
         classes = list_subdirs(str(rootp))
         if not classes:
             raise DatasetFormatError(
@@ -70,7 +78,7 @@ class ImageFolder(ImageListDataset):
                     "split needs at least 2"
                 )
             n_train = min(
-                max(math.floor(train_fraction * len(classes) + 0.5), 1),
+                max(math.floor(self.train_fraction * len(classes) + 0.5), 1),
                 len(classes) - 1,
             )
             classes = classes[:n_train] if split == "train" else classes[n_train:]
@@ -78,4 +86,4 @@ class ImageFolder(ImageListDataset):
         for c in classes:
             paths.extend(images[c])
             raw.extend([c] * len(images[c]))
-        super().__init__(paths, raw, split, transform, root=rootp)
+        return Listing(paths, raw)

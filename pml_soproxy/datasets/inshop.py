@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+
+import numpy as np
 
 from .base import (
     DatasetFormatError,
     ImageListDataset,
-    check_files_exist,
+    Listing,
     check_header,
-    check_split,
-    find_dataset_dir,
     read_lines,
     read_rows,
 )
+from .protocol import DatasetProtocol
 
 HEADER = ("image_name", "item_id", "evaluation_status")
 STATUSES = ("train", "query", "gallery")
@@ -32,21 +32,55 @@ class InShop(ImageListDataset):
     Splits ``"train"`` (3,997 items), ``"query"`` and ``"gallery"`` (3,985 items
     shared), and ``"all"``. Query and gallery use ONE label space, built over
     their union, so an item has the same label in both; train labels are 0-based
-    over the train items. ``class_names`` are the item ids (``id_00000002``).
+    over the train items. ``class_names`` are the item ids (``id_00000002``);
+    ``evaluation_status`` holds each image's official status (``"train"``,
+    ``"query"`` or ``"gallery"``, numpy strings), so that the list file is read once.
     Image paths are resolved against the list file's folder, its parent, or
     ``Img/`` beside ``Eval/`` (the first that holds the listed images).
     """
 
     splits = ("train", "query", "gallery", "all")
+    protocol = DatasetProtocol(
+        name="inshop",
+        recall_at=(1, 10, 20, 30, 40),
+        samples_per_class=2,
+        official_split="3,997 training items train; the 3,985 test items' images "
+        "split into query and gallery images",
+        query_split="query",
+        gallery_split="gallery",
+    )
+    expected = EXPECTED
+    marker = "list_eval_partition.txt"
 
-    def __init__(
-        self, root, split: str = "train", transform: Optional[Callable] = None
-    ):
-        name = type(self).__name__
-        check_split(name, split, self.splits)
-        list_dir = find_dataset_dir(name, root, "list_eval_partition.txt", EXPECTED)
+    def read_split(self, list_dir: Path, split: str) -> Listing:
         list_file = list_dir / "list_eval_partition.txt"
+        rows = self._read_partition(list_file)
+        # The label space: train alone, query+gallery together, or everything.
+        space = {
+            "train": ("train",),
+            "query": ("query", "gallery"),
+            "gallery": ("query", "gallery"),
+            "all": STATUSES,
+        }[split]
+        keep = STATUSES if split == "all" else (split,)
+        items = sorted({item for _, (_, item, st) in rows if st in space})
 
+        image_dir = self._image_dir(list_dir, rows[0][1][0] if rows else "")
+        paths, raw, lines, statuses = [], [], [], []
+        for lineno, (rel, item, status) in rows:
+            if status in keep:
+                paths.append(str(image_dir / rel))
+                raw.append(item)
+                lines.append(lineno)
+                statuses.append(status)
+        self.evaluation_status = np.asarray(statuses, dtype=str)
+        return Listing(
+            paths, raw, root=image_dir, keys=items, listed_in=list_file, lines=lines
+        )
+
+    def _read_partition(self, list_file: Path):
+        """The rows of ``list_eval_partition.txt``, count and header checked."""
+        name = self.name
         head = read_lines(list_file, 2)
         try:
             count = int(head[0]) if head else None
@@ -70,26 +104,7 @@ class InShop(ImageListDataset):
                     f"{name}: {list_file}, line {lineno}: evaluation_status must be one "
                     f"of {', '.join(STATUSES)}, got {status!r}"
                 )
-
-        # The label space: train alone, query+gallery together, or everything.
-        space = {
-            "train": ("train",),
-            "query": ("query", "gallery"),
-            "gallery": ("query", "gallery"),
-            "all": STATUSES,
-        }[split]
-        keep = STATUSES if split == "all" else (split,)
-        items = sorted({item for _, (_, item, st) in rows if st in space})
-
-        image_dir = self._image_dir(list_dir, rows[0][1][0] if rows else "")
-        paths, raw, lines = [], [], []
-        for lineno, (rel, item, status) in rows:
-            if status in keep:
-                paths.append(str(image_dir / rel))
-                raw.append(item)
-                lines.append(lineno)
-        check_files_exist(name, paths, list_file, lines)
-        super().__init__(paths, raw, split, transform, None, image_dir, keys=items)
+        return rows
 
     @staticmethod
     def _image_dir(list_dir: Path, first: str) -> Path:

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from pathlib import Path
 
 import numpy as np
 
 from .base import (
     ImageListDataset,
+    Listing,
     check_files_exist,
     check_header,
-    check_split,
-    find_dataset_dir,
     parse_int,
     read_lines,
     read_rows,
     require_file,
 )
+from .protocol import DatasetProtocol
 
 HEADER = ("image_id", "class_id", "super_class_id", "path")
+#: the standard split, for the protocol record
+OFFICIAL_SPLIT = (
+    "Ebay_train.txt (11,318 classes) train, Ebay_test.txt (11,316 classes) test"
+)
 EXPECTED = (
     "the official Stanford_Online_Products release: Ebay_train.txt, Ebay_test.txt "
     "(header 'image_id class_id super_class_id path'), <category>_final/ image folders "
@@ -35,20 +39,16 @@ class StanfordOnlineProducts(ImageListDataset):
     super-class (category) of each image.
     """
 
-    splits = ("train", "test", "all")
+    protocol = DatasetProtocol("sop", (1, 10, 100, 1000), 2, OFFICIAL_SPLIT)
+    expected, marker = EXPECTED, "Ebay_train.txt"
 
-    def __init__(
-        self, root, split: str = "train", transform: Optional[Callable] = None
-    ):
-        name = type(self).__name__
-        check_split(name, split, self.splits)
-        base = find_dataset_dir(name, root, "Ebay_train.txt", EXPECTED)
+    def read_split(self, base: Path, split: str) -> Listing:
+        name = self.name
         files = ["Ebay_train.txt", "Ebay_test.txt"]
         if split != "all":
             files = [f"Ebay_{split}.txt"]
-
         paths, raw, supers = [], [], []
-        for fname in files:
+        for fname in files:  # missing images are reported per list file
             list_file = require_file(name, base / fname, EXPECTED)
             header = read_lines(list_file, 1)
             check_header(name, list_file, 1, header[0] if header else "", HEADER)
@@ -61,7 +61,7 @@ class StanfordOnlineProducts(ImageListDataset):
                 lines.append(lineno)
             check_files_exist(name, file_paths, list_file, lines)
             paths.extend(file_paths)
-        super().__init__(paths, raw, split, transform, root=base)
         uniq = sorted(set(supers))
         index = {s: i for i, s in enumerate(uniq)}
         self.super_labels = np.asarray([index[s] for s in supers], dtype=np.int64)
+        return Listing(paths, raw)

@@ -73,6 +73,15 @@ def _retriever(model: str, args, index=None):
                      num_workers=_workers(args))  # fmt: skip
 
 
+def _save(saved, failed, out: str, summary) -> int:
+    """Save embeddings or an index to ``out`` (manifest beside it), warn about the
+    images left out, then print ``summary()``."""
+    saved.save(out)
+    _report_failed(failed, manifest_path(out))
+    print(summary())
+    return 0
+
+
 def _check_out(path: str, overwrite: bool):
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(
@@ -96,11 +105,9 @@ def cmd_embed(args) -> int:
     embeddings = _retriever(args.model, args).embed(args.images)
     if len(embeddings) == 0:
         raise ValueError(f"none of the {len(embeddings.failed)} images could be read")
-    embeddings.save(args.out)
-    _report_failed(embeddings.failed, manifest_path(args.out))
-    print(f"embedded {len(embeddings)} images ({embeddings.dim}-d): {args.out} "
-          f"+ {manifest_path(args.out)}")  # fmt: skip
-    return 0
+    return _save(embeddings, embeddings.failed, args.out, lambda: (
+        f"embedded {len(embeddings)} images ({embeddings.dim}-d): {args.out} "
+        f"+ {manifest_path(args.out)}"))  # fmt: skip
 
 
 def cmd_index(args) -> int:
@@ -126,11 +133,9 @@ def cmd_index(args) -> int:
     else:
         index = Index.build(embeddings, args.factory, args.train_size,
                             args.search_params, device=args.device)  # fmt: skip
-    index.save(args.out)
-    _report_failed(embeddings.failed, manifest_path(args.out))
-    print(f"index: {args.out} ({len(index)} images, {index.dim}-d, "
-          f"{index.manifest['factory']})")  # fmt: skip
-    return 0
+    return _save(index, embeddings.failed, args.out, lambda: (
+        f"index: {args.out} ({len(index)} images, {index.dim}-d, "
+        f"{index.manifest['factory']})"))  # fmt: skip
 
 
 def cmd_search(args) -> int:

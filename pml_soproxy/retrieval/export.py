@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .model import EXPORT_FORMAT, EXPORTED_WEIGHTS, EmbeddingNet, load_model, sha256_of
+from .model import EXPORT_FORMAT, EXPORTED_WEIGHTS, EmbeddingNet, load_model
 
 FORMATS = {"safetensors": EXPORTED_WEIGHTS, "onnx": "model.onnx",
            "torchscript": "model.torchscript.pt"}  # fmt: skip
@@ -29,6 +29,8 @@ def export_model(
     source: str, fmt: str, out_dir: Optional[str] = None
 ) -> Dict[str, Any]:
     """Write ``out_dir/<model file>`` and the model card; the card as a dict."""
+    from ..training.checkpoints import sha256_of
+
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     loaded = load_model(source, device="cpu", precision="fp32")

@@ -64,9 +64,7 @@ class _ImageFiles(torch.utils.data.Dataset):
     """Items ``(tensor or None, index, reason or None)``: a failure is an item."""
 
     def __init__(self, paths: Sequence[str], transform, max_pixels: Optional[int]):
-        self.paths = list(paths)
-        self.transform = transform
-        self.max_pixels = max_pixels
+        self.paths, self.transform, self.max_pixels = list(paths), transform, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -195,8 +195,7 @@ class Index:
     # ------------------------------------------------------------ persisting
     def save(self, path: str) -> str:
         """Write ``path`` (faiss's format) and ``path.json``, each atomically."""
-        from ..training.checkpoints import atomic_write, atomic_write_json
-        from .model import sha256_of
+        from ..training.checkpoints import atomic_write, atomic_write_json, sha256_of
 
         faiss = require_faiss()
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -210,7 +209,7 @@ class Index:
     @classmethod
     def load(cls, path: str) -> "Index":
         """Read an index, checking it against its manifest before faiss parses it."""
-        from .model import sha256_of
+        from ..training.checkpoints import sha256_of
 
         faiss = require_faiss()
         if not os.path.isfile(path):

@@ -5,7 +5,6 @@ checkpoint) or from an exported ``model.safetensors``, never by unpickling.
 L2 normalisation, float32 out. The same module is exported to ONNX / TorchScript.
 """
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -61,14 +60,6 @@ class LoadedModel:
 
 def _search_elsewhere(*args, **kwargs):
     raise NotImplementedError("search through pml_soproxy.retrieval.Index")
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _exported_file(path: str) -> Optional[str]:
@@ -133,7 +124,7 @@ def _load_run(source: str, device: torch.device, precision: str) -> LoadedModel:
     info = {
         "source": os.path.abspath(source),
         "weights": os.path.abspath(saved["path"]),
-        "sha256": sha256_of(saved["path"]),
+        "sha256": checkpoints.sha256_of(saved["path"]),
         "model_name": config.model_name,
         "embedding_size": model.embedding_size,
         "epoch": meta.get("epoch"),

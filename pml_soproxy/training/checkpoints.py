@@ -14,9 +14,13 @@ Two files per run folder:
 Both are written to a temporary file in the same folder, flushed to disk and renamed
 (``os.replace``): a crash or ``SIGKILL`` while saving leaves the previous file intact,
 and the stale temporary file is removed by the next run in that folder.
+
+:func:`sha256_of` is the one file digest that results, index manifests and model
+cards record.
 """
 
 import glob
+import hashlib
 import json
 import os
 import pickle
@@ -70,6 +74,15 @@ def atomic_write_json(path: str, obj: Any):
             json.dump(obj, f, indent=1)
 
     atomic_write(path, write)
+
+
+def sha256_of(path: str) -> str:
+    """The file's SHA-256, read in 1 MiB blocks (what results and manifests record)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def remove_stale_temporaries(folder: str) -> List[str]:

@@ -1,17 +1,15 @@
 """The run: check the folder and the resume state, build, train with selection on
 the validation classes, test the selected weights once, write ``results.json``.
 
-Every check that can fail runs before the model is built: the config (config.py),
+Every check that can fail runs before the model is built: the config (config/),
 the run folder and the checkpoint's metadata (read without loading its tensors), the
-data (parsed, and big enough for one batch) and the pretrained weights (found).
+data (parsed, and big enough for one batch) and the pretrained weights (found). The
+folder checks and the files besides the weights are in run_folder.py.
 """
 
-import contextlib
+import functools
 import logging
 import os
-import shutil
-import signal
-import sys
 import time
 from typing import Any, Dict, List, Optional, Union
 
@@ -20,172 +18,57 @@ import torch
 from .. import __version__, distributed
 from ..device import resolve_device
 from ..report import proxy_cosine_stats
-from . import builder, checkpoints
-from .config import ConfigError, ResolvedConfig, TrainConfig
+from . import builder, checkpoints, run_folder
+from .config import ResolvedConfig, TrainConfig
+from .run_folder import RESUMABLE_KEYS, STARTING_KEYS  # noqa: F401 (moved there)
 from .selection import Selection
 from .trainer import SOProxyTrainer
 
 LOGGER = logging.getLogger("pml_soproxy")
-#: keys that may differ on --resume: where things are, how long to train, how to
-#: load and evaluate. Every other key is part of the run (the optimizer state and
-#: the RNG streams in the checkpoint follow from it), so --resume refuses a change.
-RESUMABLE_KEYS = ("output_dir", "data_root", "epochs", "patience", "num_workers",
-                  "eval_batch_size", "log_every", "device", "max_image_pixels",
-                  "skip_bad_images", "cache_dir", "figures")  # fmt: skip
-#: the trunk's starting weights: replaced by the checkpoint's on --resume
-STARTING_KEYS = ("pretrained_weights", "random_init")
-
-
-def interrupted_message(folder: str) -> str:
-    return (
-        f"Interrupted. Every completed epoch is checkpointed in {folder}; continue "
-        "with the same command plus --resume."
-    )
-
-
-def _differences(saved: Dict[str, Any], config: TrainConfig, keys) -> List[str]:
-    """Keys whose value differs; a key the checkpoint predates counts as its default
-    then (a run saved before a key existed was trained with that default)."""
-    from .config import SCHEMA, default_value
-
-    now = config.to_dict()
-    saved = {k: saved.get(k, default_value(SCHEMA[k])) for k in keys}
-    return [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in keys
-            if saved[k] != now[k]]  # fmt: skip
-
-
-def check_folder(config: TrainConfig, resume: bool, overwrite: bool) -> Optional[Dict]:
-    """Refuse to clobber a run; for ``resume``, the checkpoint's metadata, checked
-    against this config and process count before anything is built."""
-    folder = config.output_dir
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other: pass one")
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise ConfigError(f"output_dir {folder} exists and is not a folder")
-    existing = checkpoints.existing_run_files(folder) if os.path.isdir(folder) else []
-    if not resume:
-        if existing and not overwrite:
-            raise ConfigError(
-                f"{folder} already holds a run ({', '.join(existing)}): pass --resume "
-                "to continue it, --overwrite to replace it, or another --output-dir"
-            )
-        return None
-    path = os.path.join(folder, checkpoints.CHECKPOINT)
-    if not os.path.isfile(path):
-        old = [n for n in checkpoints.OLD_FILES if n in existing]
-        if old:
-            raise checkpoints.refuse_pickle(os.path.join(folder, old[0]))
-        raise ConfigError(
-            f"--resume: there is no {checkpoints.CHECKPOINT} in {folder}; run without "
-            "--resume to start a new run there"
-        )
-    meta = checkpoints.read_meta(path)
-    world = distributed.launched_world_size()
-    if meta["world_size"] != world:
-        raise ConfigError(
-            f"--resume: {path} was written by {meta['world_size']} process(es), this "
-            f"run has {world}; resume with the same number of processes"
-        )
-    fixed = [k for k in config.to_dict() if k not in RESUMABLE_KEYS + STARTING_KEYS]
-    differ = _differences(meta["config"], config, fixed)
-    if differ:
-        raise ConfigError(
-            f"--resume: {path} belongs to another run; these keys differ and cannot "
-            f"change on resume: {'; '.join(differ)} (use the run's values, or start "
-            "a new run with another --output-dir or --overwrite)"
-        )
-    return meta
-
-
-def remove_run_files(folder: str):
-    """--overwrite: the files a run writes, nothing else."""
-    names = checkpoints.existing_run_files(folder) + [
-        checkpoints.EVALUATION, checkpoints.SKIPPED_IMAGES]  # fmt: skip
-    for name in names:
-        if os.path.isfile(os.path.join(folder, name)):
-            os.remove(os.path.join(folder, name))
-    shutil.rmtree(os.path.join(folder, "logs"), ignore_errors=True)
-
-
-@contextlib.contextmanager
-def interrupt_handling(folder: str):
-    """SIGTERM behaves like Ctrl-C. Under torchrun, SIGINT/SIGTERM end each process
-    at once (a rank may be blocked in a collective): rank 0 says what to do, the
-    others leave silently; a checkpoint being written stays a temporary file."""
-    torchrun = distributed.launched_by_torchrun()
-
-    def handler(signum, frame):
-        if not torchrun:
-            raise KeyboardInterrupt
-        if os.environ.get("RANK", "0") == "0":
-            print(f"\n{interrupted_message(folder)}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(130)
-
-    signals = (signal.SIGTERM, signal.SIGINT) if torchrun else (signal.SIGTERM,)
-    previous = {}
-    try:
-        for s in signals:
-            previous[s] = signal.signal(s, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = {}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 class Run:
     """One training run, built from a checked config."""
 
+    #: the trainer :meth:`make_trainer` builds (benchmarks subclass it to time steps)
+    trainer_class = SOProxyTrainer
+
     def __init__(self, config: TrainConfig, resume: bool = False,
                  overwrite: bool = False):  # fmt: skip
         self.config = config
-        self.meta = check_folder(config, resume, overwrite)
+        self.meta = run_folder.check_folder(config, resume, overwrite)
         self.data = builder.build_data(config)
         self.world_size = distributed.launched_world_size()
         builder.check_data_fits(config, self.data, self.world_size)
         self.fingerprint = self.data.fingerprint()  # saved with every checkpoint
         if self.meta is not None:
-            saved, now = self.meta["data"], self.fingerprint
-            if saved != now:
-                raise ConfigError(
-                    f"--resume: the training data differ from the checkpoint's "
-                    f"({saved['num_classes']} classes, {saved['train_images']} images, "
-                    f"fingerprint {saved['sha256']} then; {now['num_classes']}, "
-                    f"{now['train_images']}, {now['sha256']} now)"
-                )
-            changed = _differences(
-                self.meta["config"],
-                config,
-                [k for k in RESUMABLE_KEYS if k not in ("output_dir", "data_root")],
-            )
-            if changed:
-                LOGGER.warning(
-                    "resuming with changed keys (the run will differ from an "
-                    "uninterrupted one): %s", "; ".join(changed)
-                )  # fmt: skip
+            run_folder.check_resumed_data(self.meta, config, self.fingerprint)
             self.pretrained = self.meta["pretrained"]
         else:
             self.pretrained = builder.resolve_pretrained(config)
         self.iterations = builder.iterations_per_epoch(config, self.data)
         # ---- checks done: from here on, work
+        self.start(overwrite)
+        self.build()
+        if self.meta is not None:
+            self.load_checkpoint()
+
+    def start(self, overwrite: bool):
+        """The device and process group, the folder (rank 0), the seeds."""
+        config = self.config
         if distributed.launched_by_torchrun():
             self.device = distributed.init_from_environment(config.device)
         else:
             self.device = resolve_device(config.device)
         self.is_main = distributed.is_main_process()
         if self.is_main:
-            if overwrite:
-                remove_run_files(config.output_dir)
-            os.makedirs(config.output_dir, exist_ok=True)
-            stale = checkpoints.remove_stale_temporaries(config.output_dir)
-            if stale:
-                LOGGER.warning("removed %d stale temporary file(s) of a run killed "
-                               "while saving", len(stale))  # fmt: skip
+            run_folder.prepare_folder(config.output_dir, overwrite)
         distributed.barrier()
         checkpoints.seed_everything(config.seed)
+
+    def build(self):
+        """Model, loss, optimization, sampler and selection, freshly initialised."""
+        config = self.config
         # resuming: the trunk's weights come from the checkpoint
         start = {"kind": "random init", "path": None} if self.meta else self.pretrained
         self.model = builder.build_model(config, start, self.device)
@@ -203,8 +86,6 @@ class Run:
         self.history: List[Dict[str, Any]] = []
         self.proxy_cosines_init = proxy_cosine_stats(builder.class_weights(self.loss))
         self.start_epoch = 1
-        if self.meta is not None:
-            self.load_checkpoint()
 
     def attach_transforms(self):
         data, model = self.data, self.model
@@ -317,60 +198,47 @@ class Run:
                 "num_classes": self.data.num_classes, "pretrained": self.pretrained,
                 "pml_soproxy": __version__}  # fmt: skip
 
-    def nonfinite_message(self, epoch: int, iteration: int, of: int) -> str:
-        c = self.config
-        kept = (
-            f"{os.path.join(c.output_dir, checkpoints.CHECKPOINT)} keeps epoch "
-            f"{epoch - 1}" if epoch > 1 else "no epoch was completed"
-        )  # fmt: skip
-        return (
-            f"the training loss became NaN or infinite at epoch {epoch}, iteration "
-            f"{iteration} of {of}; the run stopped and {kept}. Lower the learning "
-            f"rate (lr={c.lr:g}, proxy_lr_multiplier={c.proxy_lr_multiplier:g}) or "
-            f"use precision fp32, and start the run again with --overwrite"
-        )
-
     def train(self):
         from pytorch_metric_learning.utils import logging_presets
 
         config = self.config
         if self.is_main:
             self.hooks = logging_presets.HookContainer(
-                make_record_keeper(os.path.join(config.output_dir, "logs")),
+                run_folder.make_record_keeper(os.path.join(config.output_dir, "logs")),
                 primary_metric=config.selection_metric,
                 save_models=False,
             )
             self.tester = builder.build_tester(config, self.device)
-
-        def end_of_iteration(trainer):
-            if self.is_main:
-                self.hooks.end_of_iteration_hook(trainer)
-
-        self.trainer = SOProxyTrainer(
-            models={
-                "trunk": distributed.wrap_model(self.model.trunk_for_eval, self.device),
-                "embedder": distributed.wrap_model(self.model.embedder, self.device),
-            },
-            optimizers=self.optimizers,
-            batch_size=config.batch_size // self.world_size,
-            loss_funcs={"metric_loss": distributed.wrap_loss(self.loss, self.device)},
-            dataset=self.data.train,
-            sampler=self.sampler,
-            iterations_per_epoch=self.iterations,
-            data_device=self.device,
-            lr_schedulers=self.lr_schedulers,
-            gradient_clippers=builder.gradient_clippers(config, self.model),
-            loader_settings=builder.loader_settings(config, self.device),
-            end_of_iteration_hook=end_of_iteration,
-            end_of_epoch_hook=self.end_of_epoch,
-            scaler=self.scaler,
-            log_every=config.log_every,
-            world_size=self.world_size,
-            show_progress=self.is_main,
-            on_nonfinite=self.nonfinite_message,
-        )
+        self.trainer = self.make_trainer()
         if self.start_epoch <= config.epochs:
             self.trainer.train(start_epoch=self.start_epoch, num_epochs=config.epochs)
+
+    def end_of_iteration(self, trainer):
+        if self.is_main:
+            self.hooks.end_of_iteration_hook(trainer)
+
+    def make_trainer(self) -> SOProxyTrainer:
+        """PML's trainer over this run's parts (models wrapped for DDP), with the
+        recipe's hooks, precision and progress settings."""
+        config, device = self.config, self.device
+        wrap = distributed.wrap_model
+        return self.trainer_class(
+            models={"trunk": wrap(self.model.trunk_for_eval, device),
+                    "embedder": wrap(self.model.embedder, device)},
+            optimizers=self.optimizers,
+            batch_size=config.batch_size // self.world_size,
+            loss_funcs={"metric_loss": distributed.wrap_loss(self.loss, device)},
+            dataset=self.data.train, sampler=self.sampler,
+            iterations_per_epoch=self.iterations, data_device=device,
+            lr_schedulers=self.lr_schedulers,
+            gradient_clippers=builder.gradient_clippers(config, self.model),
+            loader_settings=builder.loader_settings(config, device),
+            end_of_iteration_hook=self.end_of_iteration,
+            end_of_epoch_hook=self.end_of_epoch, scaler=self.scaler,
+            log_every=config.log_every, world_size=self.world_size,
+            show_progress=self.is_main,
+            on_nonfinite=functools.partial(run_folder.nonfinite_message, config),
+        )  # fmt: skip
 
     # ------------------------------------------------------------- evaluation
     def load_selected_weights(self) -> str:
@@ -398,33 +266,12 @@ class Run:
             "history": self.history,
             "proxy_cosines_init": self.proxy_cosines_init,
             "proxy_cosines_final": proxy_cosine_stats(builder.class_weights(self.loss)),
-            "skipped_images": skipped_images(c.output_dir),
+            "skipped_images": run_folder.skipped_images(c.output_dir),
             "config": c.to_dict(),
             "world_size": self.world_size,
             "pml_soproxy": __version__,
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
-
-
-def skipped_images(folder: str) -> List[List[str]]:
-    path = os.path.join(folder, checkpoints.SKIPPED_IMAGES)
-    if not os.path.isfile(path):
-        return []
-    from ..datasets import read_skipped
-
-    return [list(item) for item in read_skipped(path)]
-
-
-def make_record_keeper(folder: str):
-    """record-keeper's csv/sqlite logs (PML's get_record_keeper also wants tensorboard)."""
-    import record_keeper
-    from pytorch_metric_learning.utils import common_functions as c_f
-
-    writer = record_keeper.RecordWriter(folder=folder, is_new_experiment=False)
-    return record_keeper.RecordKeeper(
-        record_writer=writer,
-        attributes_to_search_for=c_f.list_of_recordable_attributes_list_names(),
-    )
 
 
 def train(
@@ -436,7 +283,7 @@ def train(
     once with those weights; write results.json. None on ranks other than 0."""
     if isinstance(config, ResolvedConfig):
         config = config.config
-    with interrupt_handling(config.output_dir):
+    with run_folder.interrupt_handling(config.output_dir):
         run = Run(config, resume=resume, overwrite=overwrite)
         run.train()
         distributed.barrier()
@@ -448,18 +295,6 @@ def train(
     path = os.path.join(config.output_dir, checkpoints.RESULTS)
     checkpoints.atomic_write_json(path, results)
     if kept:  # after results.json: a failing figure loses no result
-        results["figures"] = write_test_figures(kept, config)
+        results["figures"] = run_folder.write_test_figures(kept, config)
         checkpoints.atomic_write_json(path, results)
     return results
-
-
-def write_test_figures(kept: Dict[str, Any], config: TrainConfig) -> List[str]:
-    from ..figures import test_split_figures
-
-    folder = os.path.join(config.output_dir, "figures")
-    try:
-        return test_split_figures(kept, folder, seed=config.seed)
-    except Exception as err:  # figures are a courtesy, never a reason to fail
-        LOGGER.warning("the test figures could not be drawn (%s: %s)",
-                       type(err).__name__, err)  # fmt: skip
-        return []

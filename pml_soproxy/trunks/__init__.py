@@ -31,12 +31,6 @@ from .weights import (
     summarise_load_error,
 )
 
-# the names pml_soproxy.training.builder used before they were public
-_pretrained_cfg = pretrained_cfg
-_find_cached_weights = find_cached_weights
-_download_weights = download_weights
-_summarise_load_error = summarise_load_error
-
 __all__ = [
     "DEFAULT_DEIT",
     "Trunk",

@@ -81,6 +81,25 @@ def test_datasets_in_pb_format(dataset, tmp_path):
         cls(str(tmp_path), download=True)
 
 
+def test_the_inshop_door_reads_the_list_file_once(tmp_path, monkeypatch):
+    # the door uses the reader's public evaluation_status, not its internals
+    from pml_soproxy.datasets import base, inshop, listing
+
+    make_tree("inshop", tmp_path)
+    reads, read_rows = [], listing.read_rows
+
+    def counting(dataset, path, *args, **kwargs):
+        reads.append(path)
+        return read_rows(dataset, path, *args, **kwargs)
+
+    for module in (base, inshop, listing):
+        monkeypatch.setattr(module, "read_rows", counting)
+    ds = components.InShop(str(tmp_path))
+    assert [p.name for p in reads] == ["list_eval_partition.txt"]
+    assert len(ds.evaluation_status) == len(ds)
+    assert set(ds.evaluation_status.tolist()) == {"train", "query", "gallery"}
+
+
 def test_inshop_split_manager(getter, tmp_path):
     from powerful_benchmarker.factories import SplitManagerFactory
 
@@ -345,8 +364,10 @@ def test_launcher_help_imports_neither_torch_nor_powerful_benchmarker(tmp_path):
     import subprocess
     import sys
 
-    for call in ("from pml_soproxy.benchmarker import runner\nrunner.main(['--help'])",
-                 "from pml_soproxy import cli\ncli.main(['benchmark', '--help'])"):
+    for call in (
+        "from pml_soproxy.benchmarker import runner\nrunner.main(['--help'])",
+        "from pml_soproxy import cli\ncli.main(['benchmark', '--help'])",
+    ):
         code = (
             f"import sys\ntry:\n    {call.replace(chr(10), chr(10) + '    ')}\n"
             "except SystemExit:\n    pass\n"

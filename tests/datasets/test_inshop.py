@@ -126,3 +126,11 @@ def test_listed_image_absent(inshop):
     InShop(inshop, "query")
     with pytest.raises(FileNotFoundError, match=re.escape(f"{victim} (line 10)")):
         InShop(inshop, "gallery")
+
+
+@pytest.mark.parametrize("split", ["train", "query", "gallery", "all"])
+def test_evaluation_status_of_each_image(inshop, split):
+    ds = InShop(inshop, split)
+    expected = [s for _, _, s in INSHOP_ROWS if split in ("all", s)]
+    assert ds.evaluation_status.tolist() == expected
+    assert len(ds.evaluation_status) == len(ds)
