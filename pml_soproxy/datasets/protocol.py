@@ -5,11 +5,11 @@ class holds a :class:`DatasetProtocol` as its ``protocol`` attribute: its K set,
 whether the test split is searched against itself or queries against a gallery,
 the default images per class in a batch and its official split. The Recall@K
 calculator (``RECALL_AT_K``, ``for_dataset``, ``dataset=``), the recipe's builder
-(train and test splits), its config (the K set, through ``RECALL_AT_K``) and the
-powerful-benchmarker door and eval configs (``dataset: <name>``) read these facts
-from the record (:func:`pml_soproxy.datasets.protocol_of`). The recipe's
-``configs/<name>.yaml`` still repeat ``samples_per_class`` until the config reads
-it from here; ``tests/datasets/test_protocol.py`` checks that they agree.
+(train and test splits), its config (the K set, and ``samples_per_class`` as the
+layer under ``configs/<name>.yaml``) and the powerful-benchmarker door and eval
+configs (``dataset: <name>``) read these facts from the record
+(:func:`pml_soproxy.datasets.protocol_of`); ``tests/datasets/test_protocol.py``
+fails if a K set is typed anywhere else.
 
 The record is written positionally in each reader: ``DatasetProtocol(name,
 recall_at, samples_per_class, official_split)``, query and gallery by keyword.
