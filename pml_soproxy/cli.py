@@ -104,14 +104,14 @@ def cmd_evaluate(args) -> int:
 
 def cmd_demo(args) -> int:
     from .training.config import flag_source, overrides_from
-    from .training.demo import run_demo
+    from .training.demo import DEMO_SO_WEIGHT, run_demo
 
     if args.print_config:
         return print_config(resolved_config(args))
     overrides = overrides_from(args)
     overrides.pop("output_dir", None)
     run_demo(args.dataset, overrides, args.config, args.output_dir or "runs/demo",
-             args.so_weight if args.so_weight is not None else 1.0,
+             args.so_weight if args.so_weight is not None else DEMO_SO_WEIGHT,
              resume=args.resume, overwrite=args.overwrite,
              flag_source=flag_source)  # fmt: skip
     return 0

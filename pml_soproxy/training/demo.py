@@ -1,8 +1,10 @@
 """The demo: Proxy Anchor with and without SO, same seed, side by side."""
 
+import inspect
 import os
 from typing import Any, Dict, Mapping, Sequence
 
+from ..losses import SoftOrthogonalProxyAnchorLoss
 from ..report import describe_pretrained, side_by_side
 from .checkpoints import atomic_write_json
 from .config import resolve_config
@@ -11,6 +13,10 @@ from .run import train
 DEMO_RESULTS = "demo.json"
 DEMO_IMAGES = "test_images"
 VARIANTS = ("proxy_anchor", "proxy_anchor+SO")
+#: the SO variant's weight unless --so-weight says otherwise: the loss class's default
+DEMO_SO_WEIGHT = (
+    inspect.signature(SoftOrthogonalProxyAnchorLoss).parameters["so_weight"].default
+)
 
 
 def run_demo(

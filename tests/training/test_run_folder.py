@@ -52,7 +52,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
         (["--embedding-size", "8"], "embedding_size: 0 in the checkpoint, 8 now"),
         (["--model-name", "deit_small_patch16_224"], "model_name"),
         (["--seed", "3"], "seed: 0 in the checkpoint, 3 now"),
-        (["--so-weight", "0"], "so_weight"),
+        (["--so-weight", "2"], "so_weight"),
         (["--lr", "0.5"], "lr: 0.001 in the checkpoint, 0.5 now"),
     ],
 )
