@@ -28,6 +28,16 @@ runs are paired with their Proxy Anchor run. Regimes:
               the backbone part waits for --warmup-epochs
   frozen-hot  regime 3: the frozen regime at --hot-lr-factor x the learning rate and
               --hot-epoch-factor x the epochs, to see over-fitting of seen species
+  recipe      the package's own recipe (ablation/recipe.py: pml_soproxy.training's
+              config, loss, optimizers, schedules, clipping, M-per-class sampler)
+              training block 15 (the last MBConv block) + the head conv + a linear
+              1280 -> 512 embedder, from the cached block-15 inputs, --recipe-epochs
+  recipe-d32  the same with a 32-d embedding (C = 40 training species > D)
+
+The first three use the script's own loop (one AdamW, uniform batches; the results
+of ``results/ablation_cub100.json``); the recipe regimes use the package's pieces.
+Re-running a regime with more ``--seeds`` (or other so_weights) keeps its finished
+runs and adds the missing ones.
 
 Each epoch is scored on the validation species; the validation-selected epoch (best
 validation R@1) and the final epoch are then scored on the 50 test species.
@@ -35,11 +45,14 @@ validation R@1) and the final epoch are then scored on the 50 test species.
     python benchmarks/ablation_cub100.py cache
     python benchmarks/ablation_cub100.py tune         # learning rates, validation only
     python benchmarks/ablation_cub100.py run --regimes frozen,stage,frozen-hot
+    python benchmarks/ablation_cub100.py run --regimes recipe --views 2 \
+        --output benchmarks/results/ablation_cub100_recipe.json
     python benchmarks/ablation_cub100.py summary      # tables from the JSON only
 """
 
 import argparse
 import copy
+import json
 import math
 import os
 import sys
@@ -48,6 +61,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ablation.recipe import fit, recipe_config, recipe_summary
+from ablation.stats import METRICS, RECALL_AT, run_record, summarize
 from benchutil import meta, table, write_json
 
 from pml_soproxy import RecallAtKCalculator, SoftOrthogonalProxyAnchorLoss
@@ -57,11 +72,6 @@ from pml_soproxy.report import proxy_cosine_stats
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cub100" / "images"
-RECALL_AT = (1, 2, 4, 8)
-METRICS = [f"recall_at_{k}" for k in RECALL_AT] + [
-    "mean_average_precision_at_r",
-    "r_precision",
-]
 
 
 # ------------------------------------------------------------------ backbone
@@ -95,12 +105,39 @@ def transforms(train):
     )
 
 
+class FrozenBatchNorm2d(torch.nn.Module):
+    """An eval-mode ``BatchNorm2d`` as one multiply-add: the same function and
+    gradients (weight and bias train, the running statistics are buffers), but a
+    backward pass several times cheaper on a CPU than aten's batch-norm backward."""
+
+    def __init__(self, bn):
+        super().__init__()
+        self.weight, self.bias, self.eps = bn.weight, bn.bias, bn.eps
+        self.register_buffer("running_mean", bn.running_mean.detach().clone())
+        self.register_buffer("running_var", bn.running_var.detach().clone())
+
+    def forward(self, x):
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return torch.addcmul(shift[:, None, None], x, scale[:, None, None])
+
+
+def freeze_batchnorm(module):
+    """``module`` with every ``BatchNorm2d`` replaced by ``FrozenBatchNorm2d``."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d(child))
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
 class LastStage(torch.nn.Module):
     """Blocks ``first_block..`` + head conv + pooling of a (copied) EfficientNet.
 
-    BatchNorm layers stay in eval mode (frozen statistics; a batch of 120 images of
-    40 species is too small and too class-skewed to re-estimate them), so
-    ``train()`` is a no-op for the copied layers; their weights are trained.
+    BatchNorm layers keep their ImageNet statistics (a batch of 120 images of 40
+    species is too small and too class-skewed to re-estimate them): they become
+    ``FrozenBatchNorm2d``, and ``train()`` is a no-op; their weights are trained.
     """
 
     def __init__(self, backbone, first_block):
@@ -111,6 +148,7 @@ class LastStage(torch.nn.Module):
         self.conv_head = copy.deepcopy(backbone._conv_head)
         self.bn = copy.deepcopy(backbone._bn1)
         self.act = copy.deepcopy(backbone._swish)
+        freeze_batchnorm(self)
         super().train(False)
 
     def train(self, mode=True):
@@ -274,6 +312,9 @@ class Data:
         }
 
 
+#: the package-recipe regimes (ablation/recipe.py): name -> embedding size; they
+#: train block 15 (the last MBConv block) + the head conv from cached block-15 inputs
+RECIPE_REGIMES = {"recipe": 512, "recipe-d32": 32}
 REGIMES = {
     # name: (input, trains the backbone stage, lr factor, epoch factor)
     "frozen": ("features", False, 1.0, 1.0),
@@ -307,6 +348,9 @@ def train_one(
     stage_lr_mult=None,
     test=True,
 ):
+    """One run of a frozen / stage / frozen-hot regime (and of ``tune``)."""
+    # Not the package's pieces (ablation/recipe.py): this is the protocol the stored
+    # results/ablation_cub100.json ran (uniform batches, proxies x10, no clipping).
     model, loss_fn = build(args, regime, backbone, seed, so_weight, data.num_classes)
     stage_params = list(model[0].parameters()) if len(model) > 1 else []
     groups = [
@@ -388,20 +432,8 @@ def train_one(
     test_final = evaluate(embed(model, data.test_inputs), data.test_labels)
     model.load_state_dict(best["state"])
     test_at_selected_epoch = evaluate(embed(model, data.test_inputs), data.test_labels)
-    return {
-        "seed": seed,
-        "so_weight": so_weight,
-        "seconds": seconds,
-        "best_epoch": best["epoch"],
-        "test_selected": test_at_selected_epoch,
-        "test_final": test_final,
-        "val_selected": history[best["epoch"] - 1]["val"],
-        "val_final": history[-1]["val"],
-        "proxy_selected": best["proxy"],
-        "proxy_final": {k: v for k, v in final_stats.items() if k != "histogram"},
-        "proxy_final_histogram": final_stats["histogram"],
-        "history": history,
-    }
+    return run_record(seed, so_weight, seconds, best, history, test_at_selected_epoch,
+                      test_final, final_stats)  # fmt: skip
 
 
 def baseline(args):
@@ -414,12 +446,103 @@ def baseline(args):
     }
 
 
+def legacy_regime(args, regime, data, backbone):
+    """The config and the trainer of a frozen / stage / frozen-hot regime (the
+    script's own loop: one AdamW with groups, batches drawn uniformly)."""
+    lr, epochs = args.lr, args.epochs
+    if regime == "stage":
+        lr, epochs = args.stage_lr, args.stage_epochs
+    if regime == "frozen-hot":
+        lr, epochs = args.lr * args.hot_lr_factor, args.epochs * args.hot_epoch_factor
+    so_weights = [float(w) for w in args.so_weights.split(",")]
+    if regime == "stage" and args.stage_so_weights:
+        so_weights = [float(w) for w in args.stage_so_weights.split(",")]
+    config = {
+        "input": args.regime_input,
+        "epochs": epochs,
+        "lr": lr,
+        "proxy_lr": lr * args.proxy_lr_mult,
+        "stage_lr": lr * args.stage_lr_mult if regime == "stage" else None,
+        "stage_blocks": (
+            f"blocks {args.stage_block}-15 + conv_head (BN frozen)"
+            if args.stage_block <= 15
+            else (
+                "conv_head 320 -> 1280 + its BN (BN statistics frozen)"
+                if regime == "stage"
+                else None
+            )
+        ),
+        "warmup_epochs": args.warmup_epochs if regime == "stage" else 0,
+        "batch_size": args.batch_size,
+        "embedding_size": args.embedding_size,
+        "weight_decay": args.weight_decay,
+        "so_weights": so_weights,
+        "seeds": list(range(args.seeds)),
+        "schedule": "cosine to 0 over all iterations, AdamW",
+        **data.counts,
+    }
+
+    def train(seed, so_weight):
+        return train_one(args, regime, data, backbone, seed, so_weight, epochs, lr)
+
+    return config, train
+
+
+def recipe_regime(args, regime, data, backbone):
+    """The config and the trainer of a recipe regime: the package's recipe
+    (ablation/recipe.py) on the last MBConv block + head conv, from cached inputs."""
+    size = RECIPE_REGIMES[regime]
+    so_weights = [float(w) for w in args.recipe_so_weights.split(",")]
+    recipe = recipe_config(0.0, size, args.recipe_epochs, 0)
+    config = {
+        "input": f"stage_input (entering block {CACHE_BLOCK})",
+        "epochs": recipe.epochs,
+        "lr": recipe.lr,
+        "proxy_lr": recipe.lr * recipe.proxy_lr_multiplier,
+        "stage_lr": recipe.lr,
+        "stage_blocks": f"block {CACHE_BLOCK} (last MBConv) + conv_head (BN frozen)",
+        "embedding_size": size,
+        "recipe": recipe_summary(recipe),
+        "sampler": f"M-per-class, M = {recipe.samples_per_class}",
+        "so_weights": so_weights,
+        "seeds": list(range(args.seeds)),
+        "schedule": "the package's: AdamW per module, per-iteration cosine, trunk "
+        "frozen for warmup_epochs, gradient clipping",
+        **data.counts,
+    }
+
+    def train_batch(idx, generator):  # one cached view per image, paired by seed
+        views = torch.randint(len(data.train_views), (len(idx),), generator=generator)
+        return data.train_views[views, idx].float()
+
+    def train(seed, so_weight):
+        return fit(
+            recipe_config(so_weight, size, args.recipe_epochs, seed),
+            lambda: LastStage(backbone, CACHE_BLOCK),
+            1280,
+            data.train_labels.numpy(),
+            train_batch,
+            (data.val_inputs, data.val_labels),
+            (data.test_inputs, data.test_labels),
+            log=print if args.verbose else None,
+        )
+
+    return config, train
+
+
+def same_protocol(a, b):
+    """Two regime configs that differ at most in their seeds and so_weights."""
+
+    def keep(c):
+        return {k: v for k, v in c.items() if k not in ("seeds", "so_weights")}
+
+    return keep(a) == keep(b)
+
+
 def run(args):
     output = Path(args.output)
     results = {}
     if output.exists():
-        import json
-
         with open(output) as f:
             results = json.load(f)
     _, base = baseline(args)
@@ -431,69 +554,40 @@ def run(args):
     backbone = load_backbone()
     results.setdefault("regimes", {})
     for regime in args.regimes.split(","):
-        args.regime_input = REGIMES[regime][0]
-        data = Data(args, backbone)
-        lr, epochs = args.lr, args.epochs
-        if regime == "stage":
-            lr, epochs = args.stage_lr, args.stage_epochs
-        if regime == "frozen-hot":
-            lr, epochs = (
-                args.lr * args.hot_lr_factor,
-                args.epochs * args.hot_epoch_factor,
-            )
-        so_weights = [float(w) for w in args.so_weights.split(",")]
-        if regime == "stage" and args.stage_so_weights:
-            so_weights = [float(w) for w in args.stage_so_weights.split(",")]
-        config = {
-            "input": args.regime_input,
-            "epochs": epochs,
-            "lr": lr,
-            "proxy_lr": lr * args.proxy_lr_mult,
-            "stage_lr": lr * args.stage_lr_mult if regime == "stage" else None,
-            "stage_blocks": (
-                f"blocks {args.stage_block}-15 + conv_head (BN frozen)"
-                if args.stage_block <= 15
-                else (
-                    "conv_head 320 -> 1280 + its BN (BN statistics frozen)"
-                    if regime == "stage"
-                    else None
-                )
-            ),
-            "warmup_epochs": args.warmup_epochs if regime == "stage" else 0,
-            "batch_size": args.batch_size,
-            "embedding_size": args.embedding_size,
-            "weight_decay": args.weight_decay,
-            "so_weights": so_weights,
-            "seeds": list(range(args.seeds)),
-            "schedule": "cosine to 0 over all iterations, AdamW",
-            **data.counts,
-        }
+        recipe = regime in RECIPE_REGIMES
+        regime_args = copy.copy(args)
+        regime_args.regime_input = "stage_input" if recipe else REGIMES[regime][0]
+        if recipe:
+            regime_args.stage_block = CACHE_BLOCK
+        data = Data(regime_args, backbone)
+        make = recipe_regime if recipe else legacy_regime
+        config, train = make(regime_args, regime, data, backbone)
         runs = []
         previous = results["regimes"].get(regime, {})
-        if previous.get("config") == config:  # resume an interrupted regime
+        if same_protocol(previous.get("config", {}), config):  # resume or extend
             runs = previous.get("runs", [])
         done = {(r["seed"], r["so_weight"]) for r in runs}
         for seed in range(args.seeds):
-            for so_weight in so_weights:
+            for so_weight in config["so_weights"]:
                 if (seed, so_weight) in done:
                     continue
-                result = train_one(
-                    args, regime, data, backbone, seed, so_weight, epochs, lr
-                )
+                result = train(seed, so_weight)
                 runs.append(result)
                 print(
                     f"{regime} seed {seed} so_weight {so_weight:g}: validation-chosen "
-                    f"epoch {result['best_epoch']}"
-                    f", test R@1 there "
+                    f"epoch {result['best_epoch']}, test R@1 there "
                     f"{result['test_selected']['recall_at_1']:.4f} final "
                     f"{result['test_final']['recall_at_1']:.4f} ({result['seconds']:.0f} s)",
                     flush=True,
                 )
+                config["seeds"] = sorted({r["seed"] for r in runs})
+                config["so_weights"] = sorted({r["so_weight"] for r in runs})
                 results["regimes"][regime] = {"config": config, "runs": runs}
                 results["meta"] = meta(args, threads_arg=args.threads)
                 write_json(str(output), results)
-    summarize(results, args)
+    summarize(results, args.reach)
     write_json(str(output), results)
+    print_summary(results)
 
 
 def tune(args):
@@ -546,211 +640,10 @@ def tune(args):
     )
 
 
-# ------------------------------------------------------------------- summary
-def paired(diffs):
-    from scipy import stats
+def print_summary(results):
+    from report import render_ablation
 
-    d = np.asarray(diffs, dtype=float)
-    mean = float(d.mean())
-    sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
-    usable = sd > 1e-12 * max(1.0, abs(mean))
-    t = mean / (sd / math.sqrt(len(d))) if usable else float("nan")
-    p = float(2 * stats.t.sf(abs(t), len(d) - 1)) if usable else float("nan")
-    return {"mean": mean, "sd": sd, "t": t, "p_two_sided": p, "n": len(d)}
-
-
-def epochs_to(history, threshold):
-    for record in history:
-        if record["val"]["recall_at_1"] >= threshold:
-            return record["epoch"]
-    return None
-
-
-def summarize(results, args):
-    base_val = results["baseline_raw_features"]["val"]["recall_at_1"]
-    results["summary"] = {}
-    for regime, block in results["regimes"].items():
-        runs = block["runs"]
-        epochs = block["config"]["epochs"]
-        weights = sorted({r["so_weight"] for r in runs})
-        thresholds = [
-            base_val if x == "baseline" else float(x) for x in args.reach.split(",")
-        ]
-        threshold = thresholds[0]
-        by = {(r["seed"], r["so_weight"]): r for r in runs}
-        summary = {
-            "reach_threshold_val_r1": threshold,
-            "reach_thresholds_val_r1": thresholds,
-            "by_so_weight": {},
-        }
-        for w in weights:
-            rows = [r for r in runs if r["so_weight"] == w]
-            entry = {"n": len(rows)}
-            for when in ("selected", "final"):
-                for m in METRICS:
-                    values = [r[f"test_{when}"][m] for r in rows]
-                    entry[f"{when}_{m}"] = {
-                        "mean": float(np.mean(values)),
-                        "std": (
-                            float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-                        ),
-                    }
-                for m in ("mean_abs_cos", "max_abs_cos"):
-                    values = [r[f"proxy_{when}"][m] for r in rows]
-                    entry[f"{when}_proxy_{m}"] = {
-                        "mean": float(np.mean(values)),
-                        "std": (
-                            float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-                        ),
-                    }
-            reach = [epochs_to(r["history"], threshold) for r in rows]
-            entry["epochs_to_threshold"] = reach
-            entry["epochs_to"] = {
-                f"{t:.4f}": [epochs_to(r["history"], t) for r in rows]
-                for t in thresholds
-            }
-            entry["best_epoch"] = [r["best_epoch"] for r in rows]
-            if w != 0 and any((r["seed"], 0.0) in by for r in rows):
-                pairs = [
-                    (r, by[(r["seed"], 0.0)]) for r in rows if (r["seed"], 0.0) in by
-                ]
-                diff = {}
-                for when in ("selected", "final"):
-                    for m in METRICS:
-                        diff[f"{when}_{m}"] = paired(
-                            [
-                                a[f"test_{when}"][m] - b[f"test_{when}"][m]
-                                for a, b in pairs
-                            ]
-                        )
-                    for m in ("mean_abs_cos", "max_abs_cos"):
-                        diff[f"{when}_proxy_{m}"] = paired(
-                            [
-                                a[f"proxy_{when}"][m] - b[f"proxy_{when}"][m]
-                                for a, b in pairs
-                            ]
-                        )
-                censor = (
-                    epochs + 1
-                )  # "never reached" counts as one epoch past the budget
-                diff["epochs_to"] = {
-                    f"{t:.4f}": paired(
-                        [
-                            (epochs_to(a["history"], t) or censor)
-                            - (epochs_to(b["history"], t) or censor)
-                            for a, b in pairs
-                        ]
-                    )
-                    for t in thresholds
-                }
-                diff["epochs_to_threshold"] = diff["epochs_to"][f"{threshold:.4f}"]
-                entry["paired_vs_pa"] = diff
-            summary["by_so_weight"][str(w)] = entry
-        results["summary"][regime] = summary
-    print_tables(results)
-
-
-def fmt(entry):
-    return f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
-
-
-def fmt_t(d):
-    return f"{100 * d['mean']:+.2f} (t={d['t']:+.2f})"
-
-
-def print_tables(results):
-    base = results["baseline_raw_features"]
-    print(
-        "\nFrozen-feature baseline, cosine kNN on raw 1280-d EfficientNet-Lite0 features:"
-    )
-    print(
-        table(
-            ["split", "R@1", "R@2", "R@4", "R@8", "MAP@R"],
-            [
-                [s]
-                + [f"{100 * base[s][f'recall_at_{k}']:.2f}" for k in RECALL_AT]
-                + [f"{100 * base[s]['mean_average_precision_at_r']:.2f}"]
-                for s in ("val", "test")
-            ],
-        )
-    )
-    for regime, summary in results["summary"].items():
-        config = results["regimes"][regime]["config"]
-        print(
-            f"\nRegime {regime}: {config['epochs']} epochs, lr {config['lr']:g}, "
-            f"{len(config['seeds'])} paired seeds; test (50 unseen species), mean ± std, %"
-        )
-        rows = []
-        for w, e in summary["by_so_weight"].items():
-            for when in ("selected", "final"):
-                rows.append(
-                    [f"{float(w):g}", when]
-                    + [fmt(e[f"{when}_recall_at_{k}"]) for k in RECALL_AT]
-                    + [
-                        fmt(e[f"{when}_mean_average_precision_at_r"]),
-                        f"{e[f'{when}_proxy_mean_abs_cos']['mean']:.3f}",
-                        f"{e[f'{when}_proxy_max_abs_cos']['mean']:.3f}",
-                    ]
-                )
-        print(
-            table(
-                [
-                    "so_weight",
-                    "epoch",
-                    "R@1",
-                    "R@2",
-                    "R@4",
-                    "R@8",
-                    "MAP@R",
-                    "mean|cos|",
-                    "max|cos|",
-                ],
-                rows,
-            )
-        )
-        rows = []
-        for w, e in summary["by_so_weight"].items():
-            if "paired_vs_pa" not in e:
-                continue
-            d = e["paired_vs_pa"]
-            rows.append(
-                [f"{float(w):g}"]
-                + [fmt_t(d[f"selected_recall_at_{k}"]) for k in (1, 8)]
-                + [fmt_t(d[f"final_recall_at_{k}"]) for k in (1, 8)]
-                + [
-                    f"{d['epochs_to_threshold']['mean']:+.1f} (t={d['epochs_to_threshold']['t']:+.2f})",
-                    f"{d['final_proxy_mean_abs_cos']['mean']:+.3f}",
-                ]
-            )
-        if rows:
-            print(
-                f"Paired differences SO - PA (points of %; t over {len(config['seeds'])} seeds); "
-                f"epochs to val R@1 >= {summary['reach_threshold_val_r1']:.4f}:"
-            )
-            print(
-                table(
-                    [
-                        "so_weight",
-                        "sel R@1",
-                        "sel R@8",
-                        "final R@1",
-                        "final R@8",
-                        "epochs to thr",
-                        "final mean|cos|",
-                    ],
-                    rows,
-                )
-            )
-        for t in summary["reach_thresholds_val_r1"]:
-            reach = {
-                w: e["epochs_to"][f"{t:.4f}"]
-                for w, e in summary["by_so_weight"].items()
-            }
-            print(f"epochs to val R@1 >= {t:.4f} per seed (None = never):", reach)
-        print(
-            "selected epochs per seed:",
-            {w: e["best_epoch"] for w, e in summary["by_so_weight"].items()},
-        )
+    print(render_ablation(results, "this run"))
 
 
 def main():
@@ -786,6 +679,13 @@ def main():
     parser.add_argument("--stage-so-weights", default="", help="default: --so-weights")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--stage-epochs", type=int, default=10)
+    parser.add_argument(
+        "--recipe-epochs",
+        type=int,
+        default=8,
+        help="epochs of the recipe regimes (the budget; the rest is the package's)",
+    )
+    parser.add_argument("--recipe-so-weights", default="0,1,3,10,30")
     parser.add_argument("--hot-lr-factor", type=float, default=10.0)
     parser.add_argument("--hot-epoch-factor", type=int, default=1)
     parser.add_argument(
@@ -819,12 +719,11 @@ def main():
     elif args.stage == "tune":
         tune(args)
     else:
-        import json
-
         with open(args.output) as f:
             results = json.load(f)
-        summarize(results, args)
+        summarize(results, args.reach)
         write_json(args.output, results)
+        print_summary(results)
 
 
 if __name__ == "__main__":

@@ -249,129 +249,215 @@ def throughput(r):
     )
 
 
-def ablation(r):
-    meta = r["meta"]
+#: the ablation's result files, in the order benchmarks/README.md shows them
+ABLATION_FILES = (
+    "ablation_cub100.json",
+    "ablation_cub100_recipe.json",
+    "ablation_cub100_recipe_d32.json",
+    "ablation_cub100_gpu.json",
+)
+ABLATION_FIGURE = os.path.join(HERE, "results", "ablation_paired.png")
+
+
+def pct(x, sign=False):
+    return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+
+
+def pm(e):
+    return f"{pct(e['mean'])} ± {pct(e['std'])}"
+
+
+def diff_cell(d, scale=100, digits=2):
+    """mean (95% t-interval half-width; t) of a paired difference."""
+    if d["n"] < 2:
+        return f"{scale * d['mean']:+.{digits}f}"
+    t = "n/a" if d["t"] != d["t"] else f"{d['t']:+.1f}"
+    return (f"{scale * d['mean']:+.{digits}f} ± {scale * d['ci95_half_width']:.{digits}f}"
+            f" (t={t})")  # fmt: skip
+
+
+def ablation_summary(r):
+    """The summaries, recomputed from the runs (one source of truth)."""
+    from ablation.stats import summarize
+
+    old = r.get("summary") or {}
+    thresholds = next(iter(old.values()), {}).get("reach_thresholds_val_r1")
+    base = r["baseline_raw_features"]["val"]["recall_at_1"]
+    reach = ",".join("baseline" if t == base else repr(t) for t in thresholds) \
+        if thresholds else "baseline,0.97"  # fmt: skip
+    return summarize(dict(r), reach)
+
+
+def describe_regime(name, config):
+    parts = [f"{config['epochs']} epochs", f"lr {config['lr']:g}",
+             f"proxies lr {config['proxy_lr']:g}"]  # fmt: skip
+    if config.get("stage_blocks"):
+        parts.append(f"trained: {config['stage_blocks']}")
+    if config.get("sampler"):
+        parts.append(config["sampler"])
+    parts += [f"batch {config.get('batch_size', config.get('recipe', {}).get('batch_size'))}",
+              f"D = {config['embedding_size']}", f"{len(config['seeds'])} paired seeds"]  # fmt: skip
+    return f"Regime `{name}` ({', '.join(parts)})"
+
+
+def regime_metric_table(summary):
+    rows = []
+    for w, e in summary["by_so_weight"].items():
+        for when in ("selected", "final"):
+            rows.append([f"{float(w):g}", when, e["n"]]
+                        + [pm(e[f"{when}_recall_at_{k}"]) for k in (1, 2, 4, 8)]
+                        + [pm(e[f"{when}_mean_average_precision_at_r"]),
+                           pm(e[f"val_{when}_recall_at_1"])])  # fmt: skip
+    return table(["so_weight", "epoch", "seeds", "R@1", "R@2", "R@4", "R@8", "MAP@R",
+                  "val R@1"], rows)  # fmt: skip
+
+
+def regime_paired_table(summary, seeds):
+    rows = []
+    base_runs = summary["by_so_weight"]["0.0"]["epochs_to"]
+    for w, e in summary["by_so_weight"].items():
+        d = e.get("paired_vs_pa")
+        if not d:
+            continue
+        cells = [f"{float(w):g}", d["selected_recall_at_1"]["n"]]
+        cells += [diff_cell(d[k]) for k in (
+            "selected_recall_at_1", "selected_mean_average_precision_at_r",
+            "final_recall_at_1", "final_mean_average_precision_at_r",
+            "val_selected_recall_at_1")]  # fmt: skip
+        for t in summary["reach_thresholds_val_r1"]:
+            key = f"{t:.4f}"
+            reached = sum(v is not None for v in e["epochs_to"][key])
+            base = sum(v is not None for v in base_runs[key])
+            cells.append(f"{diff_cell(d['epochs_to'][key], 1, 1)}; {reached} vs {base}")
+        rows.append(cells)
+    heads = ["so_weight", "pairs", "sel. R@1", "sel. MAP@R", "final R@1",
+             "final MAP@R", "val sel. R@1"]  # fmt: skip
+    heads += [f"epochs to val R@1 >= {100 * t:.2f} (reached SO vs PA)"
+              for t in summary["reach_thresholds_val_r1"]]  # fmt: skip
+    return table(heads, rows)
+
+
+def regime_proxy_table(summary):
+    rows = []
+    for w, e in summary["by_so_weight"].items():
+        cells = [f"{float(w):g}"]
+        for when in ("first", "training", "final"):
+            for stat, digits in (("mean_abs_cos", 3), ("max_abs_cos", 3),
+                                 ("mean_cos", 4)):  # fmt: skip
+                x = e.get(f"{when}_proxy_{stat}")
+                cells.append("-" if x is None else f"{x['mean']:+.{digits}f}"
+                             if stat == "mean_cos" else f"{x['mean']:.{digits}f}")  # fmt: skip
+        rows.append(cells)
+    whens = ("epoch 1", "mean over epochs", "final")
+    stats = ("mean abs cos", "max abs cos", "mean cos")
+    heads = ["so_weight"] + [f"{when} {stat}" for when in whens for stat in stats]
+    return table(heads, rows)
+
+
+def selection_line(summary):
+    sel = summary["validation_selected"]
+    w = sel["so_weight"]
+    e = summary["by_so_weight"][str(w)]
+    scores = ", ".join(
+        f"{k:g}: {pct(v)}" for k, v in sel["val_mean_by_so_weight"].items()
+    )
+    text = (f"Validation selects so_weight **{w:g}** (mean validation R@1 at each run's "
+            f"selected epoch: {scores}). Test there: R@1 {pm(e['selected_recall_at_1'])}, "
+            f"MAP@R {pm(e['selected_mean_average_precision_at_r'])}")  # fmt: skip
+    d = e.get("paired_vs_pa")
+    if d:
+        text += (f"; vs Proxy Anchor R@1 {diff_cell(d['selected_recall_at_1'])}, MAP@R "
+                 f"{diff_cell(d['selected_mean_average_precision_at_r'])}")  # fmt: skip
+    return text + "."
+
+
+def render_ablation(r, source):
+    """The Markdown of one ablation JSON (every regime in it)."""
+    summaries = ablation_summary(r)
+    out = [f"**CUB-100 ablation** (`{source}`; {machine(r['meta'])})"]
     base = r["baseline_raw_features"]
-    print(
-        f"\n**5. CUB-100 ablation** (`ablation_cub100.py`; {machine(meta)}):\n\n"
-        "Frozen-feature baseline, cosine kNN on raw EfficientNet-Lite0 features:\n"
-    )
-    print(
-        table(
-            ["species", "R@1", "R@2", "R@4", "R@8", "MAP@R"],
-            [
-                [
-                    f"{s} ({'10 held-out species of the first 50' if s == 'val' else '50 unseen species'})"
-                ]
-                + [f"{100 * base[s][f'recall_at_{k}']:.2f}" for k in (1, 2, 4, 8)]
-                + [f"{100 * base[s]['mean_average_precision_at_r']:.2f}"]
-                for s in ("val", "test")
-            ],
-        )
-    )
-    for regime, summary in r["summary"].items():
+    out.append("\nFrozen-feature baseline, cosine kNN on raw EfficientNet-Lite0 "
+               "features (val: 10 held-out seen species; test: 50 unseen):\n")  # fmt: skip
+    out.append(table(["species", "R@1", "R@2", "R@4", "R@8", "MAP@R"],
+                     [[s] + [pct(base[s][f"recall_at_{k}"]) for k in (1, 2, 4, 8)]
+                      + [pct(base[s]["mean_average_precision_at_r"])]
+                      for s in ("val", "test")]))  # fmt: skip
+    for regime, summary in summaries.items():
         config = r["regimes"][regime]["config"]
-        seeds = len(config["seeds"])
-        print(
-            f"\nRegime `{regime}` ({config['epochs']} epochs, lr {config['lr']:g}, "
-            f"{seeds} paired seeds): test R@K (%), mean ± std over seeds; "
-            "proxy |cos| at that epoch:\n"
-        )
-        rows = []
-        for w, e in summary["by_so_weight"].items():
-            for when in ("selected", "final"):
-                rows.append(
-                    [f"{float(w):g}", when]
-                    + [
-                        f"{100 * e[f'{when}_recall_at_{k}']['mean']:.2f} ± "
-                        f"{100 * e[f'{when}_recall_at_{k}']['std']:.2f}"
-                        for k in (1, 2, 4, 8)
-                    ]
-                    + [
-                        f"{e[f'{when}_proxy_mean_abs_cos']['mean']:.3f}",
-                        f"{e[f'{when}_proxy_max_abs_cos']['mean']:.3f}",
-                    ]
-                )
-        print(
-            table(
-                ["so_weight", "epoch", "R@1", "R@2", "R@4", "R@8"]
-                + ["mean abs cos", "max abs cos"],
-                rows,
-            )
-        )
-        rows = []
-        for w, e in summary["by_so_weight"].items():
-            d = e.get("paired_vs_pa")
-            if not d:
-                continue
+        seconds = sum(x["seconds"] for x in r["regimes"][regime]["runs"])
+        out.append(f"\n{describe_regime(regime, config)}; training time of all runs "
+                   f"{seconds / 60:.0f} min. Test R@K and MAP@R (%), mean ± std over "
+                   "seeds, at the validation-selected and the final epoch:\n")  # fmt: skip
+        out.append(regime_metric_table(summary))
+        out.append("\nPaired differences SO - PA (points of %): mean ± 95% t-interval "
+                   "half-width (t); epochs to reach validation R@1 (SO - PA; never = "
+                   "epochs + 1):\n")  # fmt: skip
+        out.append(regime_paired_table(summary, len(config["seeds"])))
+        out.append("\nProxy cosines (mean over seeds): mean and max |cos| between "
+                   "distinct proxies and their signed mean cos, after epoch 1, averaged "
+                   "over the epochs, and at the end:\n")  # fmt: skip
+        out.append(regime_proxy_table(summary))
+        out.append("\n" + selection_line(summary))
+    return "\n".join(out)
 
-            def c(key, scale=100, digits=2):
-                x = d[key]
-                return f"{scale * x['mean']:+.{digits}f} (t={x['t']:+.1f})"
 
-            thresholds = summary["reach_thresholds_val_r1"]
-            base_runs = summary["by_so_weight"]["0.0"]["epochs_to"]
-            reach_cells = []
-            for t in thresholds:
-                key = f"{t:.4f}"
-                reached = sum(v is not None for v in e["epochs_to"][key])
-                base_reached = sum(v is not None for v in base_runs[key])
-                x = d["epochs_to"][key]
-                t_text = "n/a" if x["t"] != x["t"] else f"{x['t']:+.1f}"
-                reach_cells.append(
-                    f"{x['mean']:+.1f} (t={t_text}); {reached} vs {base_reached} of "
-                    f"{seeds} reached"
-                )
-            rows.append(
-                [
-                    f"{float(w):g}",
-                    c("selected_recall_at_1"),
-                    c("selected_recall_at_8"),
-                    c("final_recall_at_1"),
-                    c("final_recall_at_8"),
-                    c("final_mean_average_precision_at_r"),
-                    c("final_proxy_mean_abs_cos", 1, 3),
-                ]
-                + reach_cells
-            )
-        print(
-            f"\nPaired differences SO - PA (R@K, MAP@R in points of %, t over {seeds} "
-            "seeds); epochs to reach validation R@1 (SO - PA; never = epochs + 1):\n"
-        )
-        print(
-            table(
-                [
-                    "so_weight",
-                    "sel. R@1",
-                    "sel. R@8",
-                    "final R@1",
-                    "final R@8",
-                    "final MAP@R",
-                    "final mean abs cos",
-                ]
-                + [
-                    f"epochs to val R@1 >= {100 * t:.2f}"
-                    for t in summary["reach_thresholds_val_r1"]
-                ],
-                rows,
-            )
-        )
+def ablation_figure(results, path):
+    """Paired difference SO - PA (test R@1 and MAP@R at the validation-selected
+    epoch, 95% t-intervals) per so_weight, one series per regime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    series = [(regime, s) for r in results for regime, s in ablation_summary(r).items()]
+    for i, (regime, summary) in enumerate(series):
+        points = [(float(w), e["paired_vs_pa"]) for w, e in summary["by_so_weight"].items()
+                  if e.get("paired_vs_pa")]  # fmt: skip
+        shift = 1.12 ** (i - (len(series) - 1) / 2)  # side by side on a log axis
+        for ax, key in zip(axes, ("selected_recall_at_1",
+                                  "selected_mean_average_precision_at_r")):  # fmt: skip
+            ax.errorbar([w * shift for w, _ in points],
+                        [100 * d[key]["mean"] for _, d in points],
+                        yerr=[100 * d[key]["ci95_half_width"] for _, d in points],
+                        fmt="o-", capsize=3, label=f"{regime} ({len(points) and points[0][1][key]['n']} seeds)")  # fmt: skip
+    for ax, name in zip(axes, ("test R@1", "test MAP@R")):
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("so_weight (log scale; regimes side by side)")
+        ax.set_ylabel(f"SO - PA, {name}, points of %")
+        ax.set_title(f"{name}, validation-selected epoch, 95% t-CI", fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
+    parser.add_argument(
+        "--ablation-figure",
+        default=None,
+        metavar="PNG",
+        help=f"also draw the ablation figure (e.g. {ABLATION_FIGURE})",
+    )
     args = parser.parse_args()
     for name, fn in (
         ("regularizer.json", regularizer),
         ("training_step.json", training_step),
         ("evaluation.json", evaluation),
         ("throughput.json", throughput),
-        ("ablation_cub100.json", ablation),
     ):
         r = load(name, args.results)
         if r is not None:
             fn(r)
+    ablations = [(n, load(n, args.results)) for n in ABLATION_FILES]
+    ablations = [(n, r) for n, r in ablations if r is not None]
+    for name, r in ablations:
+        print("\n" + render_ablation(r, f"results/{name}"))
+    if args.ablation_figure and ablations:
+        ablation_figure([r for _, r in ablations], args.ablation_figure)
 
 
 if __name__ == "__main__":
