@@ -29,6 +29,8 @@ while [ $# -gt 0 ]; do
             pins=$("$PYTHON" -c 'import sys
 from importlib.metadata import version
 print(" ".join(f"{n}=={version(n)}" for n in sys.argv[1:]))' $PACKAGES)
+            # the GPU ablation's backbone (ablation_cub100_gpu.py): its pinned wheels
+            pins="$pins $(grep -E '^[A-Za-z0-9_.-]+==' benchmarks/requirements.txt | tr '\n' ' ')"
             mkdir -p "$WHEELS_DIR"
             platforms=""
             for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
