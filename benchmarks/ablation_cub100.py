@@ -45,8 +45,8 @@ validation R@1) and the final epoch are then scored on the 50 test species.
     python benchmarks/ablation_cub100.py cache
     python benchmarks/ablation_cub100.py tune         # learning rates, validation only
     python benchmarks/ablation_cub100.py run --regimes frozen,stage,frozen-hot
-    python benchmarks/ablation_cub100.py run --regimes recipe --views 2 \
-        --output benchmarks/results/ablation_cub100_recipe.json
+    python benchmarks/ablation_cub100.py run --regimes recipe --views 2 --seeds 8 \
+        --recipe-epochs 6 --output benchmarks/results/ablation_cub100_recipe.json
     python benchmarks/ablation_cub100.py summary      # tables from the JSON only
 """
 
@@ -61,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ablation import recipe as recipe_parts
 from ablation.recipe import fit, recipe_config, recipe_summary
 from ablation.stats import METRICS, RECALL_AT, run_record, summarize
 from benchutil import meta, table, write_json
@@ -266,18 +267,11 @@ def cache(args):
 # ------------------------------------------------------------------ training
 def evaluate(embeddings, labels):
     calculator = RecallAtKCalculator(recall_at=RECALL_AT, include=METRICS)
-    accuracies = calculator.get_accuracy(embeddings.float(), labels)
-    return {k: float(accuracies[k]) for k in METRICS}
+    return recipe_parts.evaluate(calculator, embeddings.float(), labels)
 
 
 def embed(model, inputs, batch_size=256):
-    with torch.no_grad():
-        return torch.cat(
-            [
-                model(inputs[s : s + batch_size])
-                for s in range(0, len(inputs), batch_size)
-            ]
-        )
+    return recipe_parts.embed(model, inputs, lambda x: x, batch_size)
 
 
 class Data:
@@ -564,8 +558,12 @@ def run(args):
         config, train = make(regime_args, regime, data, backbone)
         runs = []
         previous = results["regimes"].get(regime, {})
-        if same_protocol(previous.get("config", {}), config):  # resume or extend
-            runs = previous.get("runs", [])
+        if previous and not same_protocol(previous.get("config", {}), config):
+            raise SystemExit(
+                f"{output}: its {regime} runs used another protocol than these flags "
+                "(see its config); pass the same flags, or another --output"
+            )
+        runs = previous.get("runs", [])  # resume or extend
         done = {(r["seed"], r["so_weight"]) for r in runs}
         for seed in range(args.seeds):
             for so_weight in config["so_weights"]:
@@ -682,7 +680,7 @@ def main():
     parser.add_argument(
         "--recipe-epochs",
         type=int,
-        default=8,
+        default=6,
         help="epochs of the recipe regimes (the budget; the rest is the package's)",
     )
     parser.add_argument("--recipe-so-weights", default="0,1,3,10,30")
@@ -704,8 +702,9 @@ def main():
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument(
         "--reach",
-        default="baseline,0.97",
-        help="val R@1 thresholds for 'epochs to reach'; 'baseline' = raw features",
+        default=None,
+        help="val R@1 thresholds for 'epochs to reach'; 'baseline' = raw features "
+        "(default: those of the stored summary, else baseline,0.97)",
     )
     parser.add_argument("--tune-lrs", default="0.0001,0.0003,0.001,0.003,0.01")
     parser.add_argument("--tune-stage-mults", default="0.1,1")

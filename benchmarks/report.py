@@ -277,15 +277,11 @@ def diff_cell(d, scale=100, digits=2):
 
 
 def ablation_summary(r):
-    """The summaries, recomputed from the runs (one source of truth)."""
+    """The summaries, recomputed from the runs (one source of truth), with the
+    thresholds of the stored summary."""
     from ablation.stats import summarize
 
-    old = r.get("summary") or {}
-    thresholds = next(iter(old.values()), {}).get("reach_thresholds_val_r1")
-    base = r["baseline_raw_features"]["val"]["recall_at_1"]
-    reach = ",".join("baseline" if t == base else repr(t) for t in thresholds) \
-        if thresholds else "baseline,0.97"  # fmt: skip
-    return summarize(dict(r), reach)
+    return summarize(dict(r))
 
 
 def describe_regime(name, config):
@@ -312,7 +308,7 @@ def regime_metric_table(summary):
                   "val R@1"], rows)  # fmt: skip
 
 
-def regime_paired_table(summary, seeds):
+def regime_paired_table(summary):
     rows = []
     base_runs = summary["by_so_weight"]["0.0"]["epochs_to"]
     for w, e in summary["by_so_weight"].items():
@@ -392,7 +388,7 @@ def render_ablation(r, source):
         out.append("\nPaired differences SO - PA (points of %): mean ± 95% t-interval "
                    "half-width (t); epochs to reach validation R@1 (SO - PA; never = "
                    "epochs + 1):\n")  # fmt: skip
-        out.append(regime_paired_table(summary, len(config["seeds"])))
+        out.append(regime_paired_table(summary))
         out.append("\nProxy cosines (mean over seeds): mean and max |cos| between "
                    "distinct proxies and their signed mean cos, after epoch 1, averaged "
                    "over the epochs, and at the end:\n")  # fmt: skip

@@ -167,11 +167,20 @@ def summarize_regime(block: Dict, thresholds: List[float]) -> Dict:
     return summary
 
 
-def summarize(results: Dict, reach: str = "baseline,0.97") -> Dict:
+DEFAULT_REACH = "baseline,0.97"
+
+
+def summarize(results: Dict, reach: Optional[str] = None) -> Dict:
     """``results["summary"]`` for every regime; thresholds of ``reach`` are
-    validation R@1 values, ``baseline`` = the raw-feature kNN's."""
-    base_val = results["baseline_raw_features"]["val"]["recall_at_1"]
-    thresholds = [base_val if x == "baseline" else float(x) for x in reach.split(",")]
+    validation R@1 values, ``baseline`` = the raw-feature kNN's. ``reach=None``
+    keeps the thresholds of the summary already stored in ``results`` (so that a
+    re-summary reproduces the published tables), else :data:`DEFAULT_REACH`."""
+    stored = next(iter((results.get("summary") or {}).values()), {})
+    thresholds = stored.get("reach_thresholds_val_r1") if reach is None else None
+    if thresholds is None:
+        base_val = results["baseline_raw_features"]["val"]["recall_at_1"]
+        thresholds = [base_val if x == "baseline" else float(x)
+                      for x in (reach or DEFAULT_REACH).split(",")]  # fmt: skip
     results["summary"] = {regime: summarize_regime(block, thresholds)
                           for regime, block in results["regimes"].items()}  # fmt: skip
     return results["summary"]

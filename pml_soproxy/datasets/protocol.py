@@ -21,8 +21,6 @@ import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-RETRIEVALS = ("self", "query_gallery")
-
 
 @dataclass(frozen=True)
 class DatasetProtocol:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .base import (
     ImageListDataset,
     Listing,
     check_files_exist,
     check_header,
+    contiguous_labels,
     parse_int,
     read_lines,
     read_rows,
@@ -61,7 +60,5 @@ class StanfordOnlineProducts(ImageListDataset):
                 lines.append(lineno)
             check_files_exist(name, file_paths, list_file, lines)
             paths.extend(file_paths)
-        uniq = sorted(set(supers))
-        index = {s: i for i, s in enumerate(uniq)}
-        self.super_labels = np.asarray([index[s] for s in supers], dtype=np.int64)
+        self.super_labels, _ = contiguous_labels(supers)
         return Listing(paths, raw)

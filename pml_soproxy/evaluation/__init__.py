@@ -23,7 +23,7 @@ The exact kNN search runs over the queries in chunks (:func:`chunked_knn`): of e
 chunk only the rank of the first same-class neighbour (all Recall@K need) and the
 first few neighbour labels (R = the largest class, all MAP@R, R-precision and
 precision@1 need) are kept, so memory is O(chunk x K + N x R) instead of PML's
-O(N x K). A first pass finds max(R, 32) neighbours of every query; only the queries
+O(N x K). A first pass finds max(W, 32) neighbours of every query; only the queries
 with no same-class item among them are searched again for all K (exact in both
 passes: the same kernel gives the same distances), which halves the search time.
 faiss does the search on the CPU, faiss-gpu on a GPU when installed, else an exact

@@ -64,7 +64,7 @@ class RecallAtKCalculator(FastPMLMetrics, AccuracyCalculator):
         include: metric names; ``None`` (default) means all ``recall_at_*`` plus
             ``DEFAULT_EXTRA_METRICS``; ``()`` means every metric, as in PML
             (including the clustering metrics NMI/AMI).
-        chunk_size: query rows per kNN search chunk (see below); ``None`` searches
+        chunk_size: query rows per kNN search chunk (see :mod:`pml_soproxy.evaluation`); ``None`` searches
             all queries at once through PML's ``knn_func`` (PML's own path).
         knn_backend: ``"auto"`` (see :func:`knn_backend`), ``"faiss"``,
             ``"faiss-gpu"`` or ``"torch"``.

@@ -36,6 +36,11 @@ def _faiss():
     return faiss
 
 
+def _check_backend(name: str) -> None:
+    if name not in KNN_BACKENDS:
+        raise ValueError(f"knn_backend must be one of {KNN_BACKENDS}, got {name!r}")
+
+
 def knn_backend(device, requested: str = "auto") -> str:
     """The kNN search for embeddings on ``device``: the one place that decides.
 
@@ -45,10 +50,7 @@ def knn_backend(device, requested: str = "auto") -> str:
     ``"torch"`` everywhere. An explicit choice is checked, not second-guessed.
     """
     device = torch.device(device)
-    if requested not in KNN_BACKENDS:
-        raise ValueError(
-            f"knn_backend must be one of {KNN_BACKENDS}, got {requested!r}"
-        )
+    _check_backend(requested)
     faiss = _faiss()
     if requested in ("faiss", "faiss-gpu") and faiss is None:
         raise ValueError(
@@ -121,10 +123,7 @@ def _check_search_settings(chunk_size, knn_backend: str):
         raise ValueError(
             f"chunk_size must be a positive integer or None, got {chunk_size!r}"
         )
-    if knn_backend not in KNN_BACKENDS:
-        raise ValueError(
-            f"knn_backend must be one of {KNN_BACKENDS}, got {knn_backend!r}"
-        )
+    _check_backend(knn_backend)
 
 
 def chunked_knn(

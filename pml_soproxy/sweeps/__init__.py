@@ -16,5 +16,6 @@ commands.py        the ``sweep`` and ``compare`` commands of ``pml-soproxy``
 """
 
 from .compare import compare_sweep, format_comparison, write_comparison
-from .plan import build_spec, expand, read_plan
+from .plan import expand, read_plan
 from .runner import SweepError, prepare_plan, run_sweep
+from .spec import build_spec

@@ -144,8 +144,9 @@ def submitit_parameters(args) -> Dict[str, Any]:
 
 def cmd_sweep(args) -> int:
     from ..training.config import flag_source, overrides_from
-    from .plan import build_spec, plan_path, read_plan, spec_from_plan
+    from .plan import plan_path, read_plan, spec_from_plan
     from .runner import describe_states, prepare_plan, run_states, run_sweep
+    from .spec import build_spec
 
     base = None
     if (

@@ -14,24 +14,14 @@ figure and files.
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..training.config import ConfigError
-from .compare_output import (  # noqa: F401 (the comparison's names, as before)
+from .compare_output import (  # noqa: F401 (the comparison's output, in one place)
     COMPARE_FIGURE,
     COMPARE_JSON,
     COMPARE_TEXT,
-    comparison_figure,
     format_comparison,
     write_comparison,
 )
-from .paired_stats import (  # noqa: F401
-    EPOCH_METRIC,
-    PROXY_METRIC,
-    compare_group,
-    mean_std,
-    paired_t,
-    run_metrics,
-    same_value,
-    split_metric_order,
-)
+from .paired_stats import compare_group, paired_t, run_metrics, same_value  # noqa: F401
 from .plan import format_value, read_plan, read_results, run_folder
 
 DEFAULT_AXIS = "so_weight"

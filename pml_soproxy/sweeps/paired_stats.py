@@ -99,8 +99,9 @@ def compare_group(label, group, levels, baseline, metric) -> Dict[str, Any]:
     selection = f"val/{metric}"
     scores = {format_value(v): stats[format_value(v)][selection]["mean"]
               for v in present if selection in stats[format_value(v)]}  # fmt: skip
+    best = max(scores.values(), default=None)
     selected = next((v for v in present if format_value(v) in scores and
-                     scores[format_value(v)] == max(scores.values())), None)  # fmt: skip
+                     scores[format_value(v)] == best), None)  # fmt: skip
     return {
         "label": label,
         "values": group["values"],

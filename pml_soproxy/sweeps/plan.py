@@ -24,14 +24,6 @@ from typing import Any, Dict, List, Mapping, Optional
 from .. import __version__
 from ..training import checkpoints
 from ..training.config import SCHEMA, ConfigError, default_value, resolve_config
-from .spec import (  # noqa: F401 (the spec's names, as before)
-    DEFAULT_PAIR_BY,
-    SPEC_KEYS,
-    build_spec,
-    check_spec,
-    parse_grid_argument,
-    read_spec,
-)
 
 PLAN = "sweep.json"
 RUNS = "runs"

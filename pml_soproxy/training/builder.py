@@ -21,7 +21,6 @@ from .model import (  # noqa: F401 (the model side, built through this door too)
     class_weights,
     load_state,
     resolve_pretrained,
-    sha256_of,
 )
 
 
@@ -262,7 +261,7 @@ def evaluate_test(
     query, references = protocol.query_split, list(protocol.reference_splits)
     splits = {
         s: create_dataset(config, s, transform=model.eval_transform)
-        for s in {query, *references}
+        for s in protocol.test_splits
     }
     tester = build_tester(config, device)
     if keep is not None:

@@ -20,7 +20,6 @@ from ..device import resolve_device
 from ..report import proxy_cosine_stats
 from . import builder, checkpoints, run_folder
 from .config import ResolvedConfig, TrainConfig
-from .run_folder import RESUMABLE_KEYS, STARTING_KEYS  # noqa: F401 (moved there)
 from .selection import Selection
 from .trainer import SOProxyTrainer
 

@@ -22,6 +22,7 @@ import ast
 from typing import Dict, List, Tuple
 
 from .imports import (
+    _contributed,
     _is_stdlib,
     _refuse_late_imports,
     _refuse_plain_import_of_ours,
@@ -49,7 +50,6 @@ def _isort_key(name: str, by_type: bool = False) -> str:
 def _pml_module(node: ast.ImportFrom) -> List[Tuple[str, ast.alias]]:
     """(PML module, name) for each name of ``from pml_soproxy... import``."""
     parts = node.module.split(".")[1:]
-    contributed = {(c.subpackage, c.module) for c in CONTRIBUTIONS}
     classes = {c.class_name: c.subpackage for c in CONTRIBUTIONS}
     if len(parts) < 2:  # a package: only the contributed classes exist in PML's
         for alias in node.names:
@@ -61,7 +61,7 @@ def _pml_module(node: ast.ImportFrom) -> List[Tuple[str, ast.alias]]:
                     )
                 )
         return [(PML_PACKAGE + "." + classes[a.name], a) for a in node.names]
-    if tuple(parts[:2]) not in contributed:
+    if tuple(parts[:2]) not in _contributed():
         raise UpstreamError(
             "line {}: imports {}, which is not sent upstream".format(
                 node.lineno, node.module

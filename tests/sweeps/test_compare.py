@@ -12,8 +12,9 @@ import pytest
 
 from pml_soproxy import cli
 from pml_soproxy.sweeps import compare as comparing
-from pml_soproxy.sweeps.plan import build_spec, run_folder
+from pml_soproxy.sweeps.plan import run_folder
 from pml_soproxy.sweeps.runner import prepare_plan
+from pml_soproxy.sweeps.spec import build_spec
 from pml_soproxy.training.config import ConfigError
 
 from .helpers import FIXED, THIRD_AXIS, THIRD_KEY, THIRD_VALUES

@@ -7,6 +7,7 @@ import pytest
 
 from pml_soproxy import cli
 from pml_soproxy.sweeps import plan as plans
+from pml_soproxy.sweeps import spec as specs
 from pml_soproxy.sweeps.runner import prepare_plan
 from pml_soproxy.training.config import ConfigError
 
@@ -17,20 +18,20 @@ def grid_spec(**kwargs):
     values = dict(dataset="digits", overrides=FIXED,
                   grid=["so_weight=0,1", "seed=0,1", THIRD_AXIS])  # fmt: skip
     values.update(kwargs)
-    return plans.build_spec(**values)
+    return specs.build_spec(**values)
 
 
 def test_grid_arguments_are_read_as_yaml_values():
-    assert plans.parse_grid_argument("so_weight=0,0.5,1e-3") == (
+    assert specs.parse_grid_argument("so_weight=0,0.5,1e-3") == (
         "so_weight", [0, 0.5, "1e-3"])  # fmt: skip
-    assert plans.parse_grid_argument("loss=proxy_anchor, arcface") == (
+    assert specs.parse_grid_argument("loss=proxy_anchor, arcface") == (
         "loss", ["proxy_anchor", "arcface"])  # fmt: skip
-    assert plans.parse_grid_argument("patience=null,2") == ("patience", [None, 2])
-    assert plans.parse_grid_argument("recall_at=[[1, 2], [1, 4]]") == (
+    assert specs.parse_grid_argument("patience=null,2") == ("patience", [None, 2])
+    assert specs.parse_grid_argument("recall_at=[[1, 2], [1, 4]]") == (
         "recall_at", [[1, 2], [1, 4]])  # fmt: skip
     for bad in ("so_weight", "so_weight=", "=0,1", "recall_at=[1, 2"):
         with pytest.raises(ConfigError, match="--grid"):
-            plans.parse_grid_argument(bad)
+            specs.parse_grid_argument(bad)
 
 
 def test_a_2x2x2_grid_expands_into_8_checked_runs_paired_by_seed():
@@ -66,7 +67,7 @@ def test_spec_file_with_flags_on_top(tmp_path):
         "dataset: digits\nconfig: [layer.yaml]\noverrides: {epochs: 3, lr: 2.0e-3}\n"
         "grid:\n  so_weight: [0, 1]\n  seed: [0, 1]\npair_by: seed\n"
     )
-    spec = plans.build_spec(str(spec_file), overrides={"epochs": 1},
+    spec = specs.build_spec(str(spec_file), overrides={"epochs": 1},
                             grid=["seed=4,5,6"])  # fmt: skip
     plan = plans.expand(spec)
     assert len(plan["runs"]) == 6  # the flag's seeds replace the file's
@@ -96,20 +97,20 @@ def test_bad_specs_are_refused_with_one_sentence(kwargs, match):
     values = dict(dataset="digits", overrides=FIXED)
     values.update(kwargs)
     with pytest.raises(ConfigError, match=match):
-        plans.expand(plans.build_spec(**values))
+        plans.expand(specs.build_spec(**values))
 
 
 def test_bad_spec_files(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("dataset: digits\nso_weight: 1\n")
     with pytest.raises(ConfigError, match="unknown key 'so_weight'.*overrides"):
-        plans.build_spec(str(spec))
+        specs.build_spec(str(spec))
     spec.write_text("dataset: digits\ngrid: {so_weight: 1}\n")
     with pytest.raises(ConfigError, match="must list one or more values"):
-        plans.build_spec(str(spec))
+        specs.build_spec(str(spec))
     spec.write_text("dataset: digits\ngrid: [so_weight]\n")
     with pytest.raises(ConfigError, match="'grid' must be a mapping"):
-        plans.build_spec(str(spec))
+        specs.build_spec(str(spec))
 
 
 def test_folder_names_from_values():

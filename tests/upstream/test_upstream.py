@@ -498,7 +498,6 @@ def test_the_suite_is_ours_and_pmls(contribution):
     """One suite: ours (collected by our pytest from tests/<subpackage>/) and,
     with only its import block rewritten, PML's."""
     ours = contribution.our_test.read_text()
-    assert contribution.our_test == ROOT / contribution.pml_test
     assert "from . import TEST_DEVICE, TEST_DTYPES\n" in ours
     exported = exported_suite(contribution)
     assert non_import_body(exported) == non_import_body(ours)
